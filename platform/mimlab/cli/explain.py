@@ -1,0 +1,1 @@
+"""``platform explain`` — saliency maps for one-off explanations."""

@@ -1,0 +1,1 @@
+"""``platform pretrain`` — iBOT pretraining with a masking strategy as a parameter."""

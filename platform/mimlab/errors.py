@@ -1,0 +1,33 @@
+"""User-facing errors: one clear line on stderr and a non-zero exit, never a traceback.
+
+Raise :class:`UserError` (or a subclass) for anything caused by the user's input — a missing file, a bad key, an
+unknown method. The CLI entry point catches it, prints ``error: <message>`` and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A mistake in the user's input. The message must say which file/key and what was expected."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the nearest choice, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown(kind: str, word: str, choices: Iterable[str]) -> UserError:
+    """Build the standard 'unknown X' error listing the valid choices and suggesting the nearest."""
+    choices = sorted(choices)
+    return UserError(f"unknown {kind} '{word}'{did_you_mean(word, choices)}; valid: {', '.join(choices)}")

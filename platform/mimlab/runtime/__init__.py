@@ -1,0 +1,1 @@
+"""The only modules that touch Ray (Train, Tune, Data actors) and MLflow."""

@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests run offline on 2 CPU cores; nothing here reads ../shared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MIMLAB_OBJECT_STORE_BYTES", str(512 * 1024 * 1024))
+os.environ.setdefault("TERMINAL_WIDTH", "200")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Every test session gets its own cache (the embedded dataset is generated there on first use)."""
+    path = tmp_path_factory.mktemp("mimlab-cache")
+    os.environ["MIMLAB_CACHE_DIR"] = str(path)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray runtime (2 CPUs) shared by all tests that need it; ray.init costs ~9 s here."""
+    import ray
+
+    from mimlab.runtime.ray_env import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store per test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
