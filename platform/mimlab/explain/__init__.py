@@ -1,0 +1,1 @@
+"""Saliency explainers (CAM family, attention family, TIBAV) and the shared attention scores."""

@@ -1,0 +1,1 @@
+"""Models: offline timm backbones, attention capture by hooks, and model/checkpoint loading."""
