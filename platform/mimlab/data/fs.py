@@ -1,0 +1,105 @@
+"""URLs → fsspec filesystems (plain path, ``file://``, ``s3://``, ``gs://``) and atomic shard writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+
+from mimlab.data.schema import SHARD_SUFFIX
+from mimlab.errors import UserError
+
+# Packages that provide remote filesystems, named in the error when missing.
+_PACKAGES = {"s3": "s3fs (pip install 'mimlab[s3]')", "s3a": "s3fs (pip install 'mimlab[s3]')",
+             "gs": "gcsfs (pip install 'mimlab[gcs]')", "gcs": "gcsfs (pip install 'mimlab[gcs]')",
+             "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "hf": "huggingface_hub"}
+
+
+def resolve(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Split a URL into an fsspec filesystem and a path on it.
+
+    A plain path (relative or absolute) and ``file://`` map to the local filesystem with an absolute path.
+
+    Raises:
+        UserError: for an unknown scheme or one whose package is not installed (naming the package).
+    """
+    text = os.fspath(url)
+    if "://" not in text:
+        return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(text))
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "file":
+        return fsspec.filesystem("file"), os.path.abspath(text[len("file://"):])
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except ValueError:
+        raise UserError(f"unknown URL scheme '{scheme}://' in '{text}'; use a path, file://, s3:// or gs://") from None
+    except ImportError:
+        package = _PACKAGES.get(scheme, f"the fsspec backend for '{scheme}'")
+        raise UserError(f"URL '{text}' needs {package}, which is not installed") from None
+    fs = cls()
+    return fs, fs._strip_protocol(text)
+
+
+def to_pyarrow(fs: fsspec.AbstractFileSystem) -> Any:
+    """Wrap an fsspec filesystem for pyarrow / Ray Data readers."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+def join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
+    """Join path parts with the filesystem's separator."""
+    sep = getattr(fs, "sep", "/")
+    return sep.join(p.rstrip(sep) if i < len(parts) - 1 else p for i, p in enumerate(parts))
+
+
+def list_shards(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[str]:
+    """The shard files at ``path``: the file itself, or the ``*.parquet`` directly in a folder, sorted.
+
+    Raises:
+        UserError: when the path is missing or holds no shards.
+    """
+    if not fs.exists(path):
+        raise UserError(f"no such file or folder: '{url}'")
+    if not fs.isdir(path):
+        return [path]
+    files = sorted(p for p in fs.ls(path, detail=False)
+                   if p.endswith(SHARD_SUFFIX) and not os.path.basename(p).startswith((".", "_")))
+    if not files:
+        raise UserError(f"'{url}' holds no {SHARD_SUFFIX} shards (empty dataset)")
+    return files
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Any) -> None:
+    """Write a file under a temporary name beside ``path``, then rename it; a failure leaves nothing named ``path``.
+
+    Args:
+        write: called with the open binary file object.
+    """
+    parent, name = path.rsplit(getattr(fs, "sep", "/"), 1) if "/" in path else ("", path)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open(tmp, "wb") as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    """Write JSON atomically (sorted keys, so the bytes depend only on the content)."""
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    write_atomic(fs, path, lambda handle: handle.write(data))
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """Read a JSON file, or ``None`` when it does not exist."""
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
