@@ -1,0 +1,289 @@
+"""Load a model for explanation/evaluation: a timm name (+ local weights), a ``platform pretrain`` checkpoint, or a
+``package.module:callable``. Never touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimlab.errors import UserError
+from mimlab.models.vit import create_backbone, disable_fused_attention, is_vit
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHT_SUFFIXES = (".pth", ".pt", ".th", ".safetensors", ".bin")
+_NESTED_KEYS = ("state_dict", "model", "module")
+_STRIP_PREFIXES = ("module.", "backbone.")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: eval mode, fused attention off, with its own preprocessing statistics.
+
+    Attributes:
+        module: the ``nn.Module`` (images ``[B,3,H,W]`` normalised → logits ``[B,K]`` or features).
+        kind: ``"vit"`` (timm-style blocks with attention) or ``"cnn"`` (anything else).
+        mean, std: per-channel normalisation the model expects (ImageNet when unknown).
+        img_size: the input side length in pixels.
+        name: a human-readable name (timm name, checkpoint path or callable path).
+    """
+
+    module: nn.Module
+    kind: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    img_size: int
+    name: str
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks (ViTs only)."""
+        if self.kind != "vit":
+            raise UserError(f"model '{self.name}' is a CNN: it has no transformer blocks")
+        return len(self.module.blocks)
+
+
+# -- state dicts ---------------------------------------------------------------------------------------------------
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a bare or nested (``state_dict``/``model``) state dict from .pth/.pt/.th/.bin or .safetensors.
+
+    DataParallel ``module.`` prefixes (and a ``backbone.`` prefix shared by every key) are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decode failure is the user's file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"weights file '{path}' is unreadable: {first}") from None
+    for _ in range(3):
+        if isinstance(obj, Mapping):
+            nested = next((k for k in _NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if nested is not None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+                obj = obj[nested]
+                continue
+        break
+    if not isinstance(obj, Mapping) or not obj:
+        raise UserError(f"weights file '{path}' holds no state dict (expected tensors, maybe under 'state_dict')")
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _STRIP_PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return sd
+
+
+def _resample_pos_embed(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample ``pos_embed`` to the model's patch grid when the checkpoint was trained at another image size."""
+    pe = sd.get("pos_embed")
+    target = getattr(model, "pos_embed", None)
+    if pe is None or target is None or pe.shape == target.shape:
+        return sd
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    grid = tuple(model.patch_embed.grid_size)
+    sd = dict(sd)
+    sd["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(grid), num_prefix_tokens=prefix, verbose=False)
+    return sd
+
+
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` strictly; on any mismatch name the first mismatched tensor in one line."""
+    sd = _resample_pos_embed(sd, model)
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in sd:
+            raise UserError(f"weights '{source}' do not fit the model: tensor '{key}' is missing from the file")
+        if tuple(sd[key].shape) != tuple(value.shape):
+            raise UserError(
+                f"weights '{source}' do not fit the model: tensor '{key}' has shape {tuple(sd[key].shape)}, "
+                f"the model expects {tuple(value.shape)}"
+            )
+    extra = [k for k in sd if k not in own]
+    if extra:
+        raise UserError(f"weights '{source}' do not fit the model: unexpected tensor '{extra[0]}' in the file")
+    model.load_state_dict(sd, strict=True)
+
+
+# -- model kinds ---------------------------------------------------------------------------------------------------
+def _stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(x) for x in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(x) for x in cfg.get("std", IMAGENET_STD))
+    return mean, std
+
+
+def _native_size(model: nn.Module) -> int:
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is not None:
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def _classifier_classes(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> int | None:
+    """Number of classes of the checkpoint's classifier head (``None`` when the file has no head)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier", "head")
+    head = heads[0] if isinstance(heads, (tuple, list)) else heads
+    weight = sd.get(f"{head}.weight")
+    if weight is None:
+        return 0
+    return int(weight.shape[0])
+
+
+def _build_timm(name: str, img_size: int | None, num_classes: int | None, extra: dict[str, Any]) -> nn.Module:
+    kwargs = dict(extra)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        try:
+            return create_backbone(name, **{**kwargs, "img_size": img_size})
+        except UserError:
+            pass  # CNNs take any size and reject the img_size argument
+    return create_backbone(name, **kwargs)
+
+
+def _load_timm(name: str, weights: str | None, img_size: int | None, num_classes: int | None) -> LoadedModel:
+    model = _build_timm(name, img_size, num_classes, {})
+    if weights is None:
+        print(f"warning: no --weights for timm model '{name}': using RANDOM weights (nothing is downloaded)",
+              file=sys.stderr)
+    else:
+        sd = read_state_dict(weights)
+        classes = _classifier_classes(model, sd)
+        if num_classes is None and classes is not None and classes != getattr(model, "num_classes", classes):
+            model = _build_timm(name, img_size, classes, {})
+        load_weights(model, sd, str(weights))
+    return _finish(model, name, img_size)
+
+
+def _finish(model: nn.Module, name: str, img_size: int | None, mean=None, std=None) -> LoadedModel:
+    disable_fused_attention(model)
+    model.eval()
+    m, s = _stats(model)
+    return LoadedModel(
+        module=model,
+        kind="vit" if is_vit(model) else "cnn",
+        mean=tuple(mean) if mean is not None else m,
+        std=tuple(std) if std is not None else s,
+        img_size=int(img_size) if img_size is not None else _native_size(model),
+        name=name,
+    )
+
+
+def _checkpoint_files(path: Path, student: bool) -> tuple[Path, Path]:
+    """``(backbone.json, weights.safetensors)`` for a pretrain checkpoint directory or its .safetensors file."""
+    if path.is_dir():
+        meta = path / "backbone.json"
+        weights = path / ("student_backbone.safetensors" if student else "teacher_backbone.safetensors")
+    else:
+        meta = path.parent / "backbone.json"
+        weights = path
+    if not meta.is_file():
+        raise UserError(f"'{path}' is not a pretrain checkpoint: '{meta}' is missing")
+    if not weights.is_file():
+        raise UserError(f"pretrain checkpoint '{path}': weights file '{weights.name}' is missing")
+    return meta, weights
+
+
+def _load_checkpoint(path: Path, img_size: int | None, num_classes: int | None, student: bool) -> LoadedModel:
+    meta_path, weights = _checkpoint_files(path, student)
+    try:
+        meta = json.loads(meta_path.read_text())
+        timm_name = meta["timm_name"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"'{meta_path}' is not a valid backbone.json (needs 'timm_name'): {err}") from None
+    kwargs = dict(meta.get("kwargs") or {})
+    native = kwargs.get("img_size", meta.get("img_size"))
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    elif native is not None:
+        kwargs["img_size"] = native
+    sd = read_state_dict(weights)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    else:
+        probe = create_backbone(timm_name, **{**kwargs, "num_classes": 0})
+        heads = _classifier_classes(probe, sd)
+        kwargs["num_classes"] = heads or 0
+    model = create_backbone(timm_name, **kwargs)
+    if num_classes:
+        own = model.state_dict()
+        sd = {**{k: v for k, v in own.items() if k not in sd}, **sd}  # fresh head when the backbone has none
+    load_weights(model, sd, str(weights))
+    return _finish(model, str(path), img_size or kwargs.get("img_size"), meta.get("mean"), meta.get("std"))
+
+
+def _load_callable(target: str, weights: str | None, img_size: int | None) -> LoadedModel:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is a bad --model
+        raise UserError(f"custom model '{target}': cannot import module '{module_name}' ({type(err).__name__}: "
+                        f"{err})") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise UserError(f"custom model '{target}': module '{module_name}' has no attribute '{attr}'")
+    if not callable(factory):
+        raise UserError(f"custom model '{target}': '{attr}' is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"custom model '{target}' returned {type(model).__name__}, expected a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, read_state_dict(weights), str(weights))
+    return _finish(model, target, img_size)
+
+
+def load_model(
+    model: str,
+    weights: str | Path | None = None,
+    *,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    student: bool = False,
+) -> LoadedModel:
+    """Resolve ``model`` into a :class:`LoadedModel`.
+
+    Args:
+        model: (a) a timm model name; (b) a ``platform pretrain`` checkpoint directory (``backbone.json`` +
+            ``teacher_backbone.safetensors``) or a ``.safetensors`` file beside a ``backbone.json``; (c)
+            ``package.module:callable`` returning an ``nn.Module``.
+        weights: local weights for (a) and (c): .pth/.pt/.th/.bin or .safetensors, bare or nested under
+            ``state_dict``/``model``; ``module.`` prefixes are stripped; ``pos_embed`` is resampled to the
+            model's patch grid. A timm name without weights gets random weights and a warning.
+        img_size: input side in pixels (default: the model's own).
+        num_classes: classifier size (default: the checkpoint's head, else timm's default).
+        student: for pretrain checkpoints, load the student instead of the teacher.
+    """
+    weights = str(weights) if weights is not None else None
+    path = Path(model)
+    if path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
+        if weights is not None:
+            raise UserError(f"--weights is not used with a pretrain checkpoint ('{model}' already holds weights)")
+        return _load_checkpoint(path, img_size, num_classes, student)
+    if ":" in model and not path.exists():
+        return _load_callable(model, weights, img_size)
+    if path.suffix in WEIGHT_SUFFIXES or "/" in model:
+        raise UserError(f"--model '{model}': no such checkpoint (expected a timm name, a pretrain checkpoint "
+                        f"directory, or package.module:callable)")
+    return _load_timm(model, weights, img_size, num_classes)
