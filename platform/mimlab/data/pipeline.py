@@ -1,0 +1,222 @@
+"""Ray Data pipelines over shards: read, decode, and draw iBOT multi-crops or eval crops in ``map_batches``.
+
+Nothing is materialised after the random ops, so every pass over :func:`multicrop_dataset` draws new crops.
+Undecodable images are dropped from the batch, counted in a small named Ray actor (:func:`skipped_images`) and
+logged as a warning by the worker that met them (forwarded to the driver's log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import zlib
+from typing import Any
+
+import numpy as np
+
+from mimlab.data.fs import list_shards, resolve, to_pyarrow
+from mimlab.data.schema import check_schema
+from mimlab.data.shards import read_schema
+from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
+from mimlab.data.transforms import MultiCrop, MultiCropConfig, eval_transform
+from mimlab.errors import UserError
+
+log = logging.getLogger("mimlab.data")
+_COUNTER_NAME = "mimlab-data-skips"
+_COUNTER_NAMESPACE = "mimlab"
+
+
+def shard_files(url: str | os.PathLike | None, split: str | None = None) -> tuple[Any, list[str]]:
+    """``(fsspec_fs, files)`` of the shards at ``url`` (``None`` ⇒ embedded dataset), schemas checked.
+
+    Raises:
+        UserError: missing path, no shards (empty dataset), a shard missing a column, a non-shard source.
+    """
+    from mimlab.data.sources import _pick_split
+
+    if url is None:
+        from mimlab.data.synth import default_dataset
+
+        url = default_dataset()
+        split = split or "train"
+    text = os.fspath(url)
+    fs, path = resolve(text)
+    if not fs.exists(path):
+        raise UserError(f"no such file or folder: '{text}'")
+    path, text = _pick_split(fs, path, text, split)
+    if source_kind(fs, path, text) != "shards":
+        raise UserError(f"'{text}' is an image folder, not shards; convert it with `platform data shard`")
+    files = list_shards(fs, path, text)
+    for f in files:
+        check_schema(read_schema(fs, f), f)
+    return fs, files
+
+
+def read_shards(url: str | os.PathLike | None, *, split: str | None = None, columns: list[str] | None = None,
+                shuffle_files: bool = False):
+    """Read shards as a lazy ``ray.data.Dataset`` (rows: ``image`` bytes, ``label``, ``path`` [, ``mask``]).
+
+    Args:
+        url: shard folder/file at any fsspec URL, a root with ``train/``/``val/`` (pick with ``split``), or
+            ``None`` for the embedded dataset.
+        columns: columns to read (default: all).
+        shuffle_files: shuffle the file order each epoch.
+    """
+    import ray
+
+    from mimlab.runtime.ray_env import ensure_ray
+
+    fs, files = shard_files(url, split)
+    ensure_ray()
+    return ray.data.read_parquet(files, filesystem=to_pyarrow(fs), columns=columns,
+                                 shuffle="files" if shuffle_files else None)
+
+
+def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None = None, *, split: str | None = None,
+                      seed: int | None = None, batch_size: int = 64, workers: int | None = None,
+                      shuffle_files: bool = True, tag: str | None = None):
+    """Shards → iBOT multi-crop views, streamed.
+
+    Args:
+        url: see :func:`read_shards`.
+        cfg: crop settings (default :class:`MultiCropConfig()`).
+        seed: ``None`` ⇒ fresh random crops on every pass; an int ⇒ each image's crops are a function of
+            ``(seed, path)`` (identical on every pass; for tests and debugging).
+        batch_size: rows per ``map_batches`` call.
+        workers: size of a fixed actor pool for the crop stage (``ActorPoolStrategy``); ``None`` ⇒ Ray tasks.
+        tag: name under which skipped images are counted (default: a fresh id, stored as ``ds.skip_tag``).
+
+    Returns:
+        ``ray.data.Dataset`` with columns ``global_0..``, ``local_0..`` (``uint8 [S,S,3]``) and ``label``.
+    """
+    cfg = cfg or MultiCropConfig()
+    tag = tag or f"multicrop-{uuid.uuid4().hex[:8]}"
+    ds = read_shards(url, split=split, columns=["image", "label", "path"], shuffle_files=shuffle_files)
+    out = _map(ds, _MultiCropBatch, dict(cfg=cfg, seed=seed, tag=tag), batch_size, workers)
+    out.skip_tag = tag
+    return out
+
+
+def eval_dataset(url: str | os.PathLike | None, size: int, *, split: str | None = None, batch_size: int = 64,
+                 workers: int | None = None, tag: str | None = None):
+    """Shards → deterministic eval views: ``image`` ``uint8 [size,size,3]`` (resize + centre crop), ``label``, ``path``."""
+    tag = tag or f"eval-{uuid.uuid4().hex[:8]}"
+    if split is None and url is None:
+        split = "val"
+    ds = read_shards(url, split=split, columns=["image", "label", "path"])
+    out = _map(ds, _EvalBatch, dict(size=size, tag=tag), batch_size, workers)
+    out.skip_tag = tag
+    return out
+
+
+def _map(ds, cls, kwargs: dict, batch_size: int, workers: int | None):
+    import ray
+
+    if workers is None:
+        return ds.map_batches(_call_once, batch_format="numpy", batch_size=batch_size,
+                              fn_kwargs={"cls": cls, "kwargs": kwargs})
+    return ds.map_batches(cls, batch_format="numpy", batch_size=batch_size, fn_constructor_kwargs=kwargs,
+                          compute=ray.data.ActorPoolStrategy(size=workers))
+
+
+def _call_once(batch: dict[str, np.ndarray], *, cls, kwargs: dict) -> dict[str, np.ndarray]:
+    return cls(**kwargs)(batch)
+
+
+class _DecodeBatch:
+    """Decode a batch's images, dropping (and counting) undecodable ones."""
+
+    tag: str
+
+    def decode(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        images, keep, bad = [], [], []
+        for i, data in enumerate(batch["image"]):
+            try:
+                images.append(decode_rgb(data))
+                keep.append(i)
+            except CorruptImage:
+                bad.append(str(batch["path"][i]))
+        if bad:
+            _count_skips(self.tag, bad)
+        return images, np.asarray(keep, dtype=np.int64)
+
+
+class _MultiCropBatch(_DecodeBatch):
+    def __init__(self, cfg: MultiCropConfig, seed: int | None, tag: str) -> None:
+        self.crop, self.cfg, self.seed, self.tag = MultiCrop(cfg), cfg, seed, tag
+        self.rng = np.random.default_rng()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, keep = self.decode(batch)
+        paths = batch["path"][keep]
+        out: dict[str, list[np.ndarray]] = {name: [] for name in self.cfg.names()}
+        for img, path in zip(images, paths):
+            rng = self.rng if self.seed is None else np.random.default_rng(
+                [self.seed, zlib.crc32(str(path).encode())])
+            for name, crop in self.crop(img, rng).items():
+                out[name].append(crop)
+        result = {name: _stack(crops, self._size(name)) for name, crops in out.items()}
+        result["label"] = np.asarray(batch["label"], dtype=np.int64)[keep]
+        return result
+
+    def _size(self, name: str) -> int:
+        return self.cfg.global_size if name.startswith("global") else self.cfg.local_size
+
+
+class _EvalBatch(_DecodeBatch):
+    def __init__(self, size: int, tag: str) -> None:
+        self.size, self.tag = size, tag
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, keep = self.decode(batch)
+        return {"image": _stack([eval_transform(img, self.size) for img in images], self.size),
+                "label": np.asarray(batch["label"], dtype=np.int64)[keep],
+                "path": np.asarray(batch["path"])[keep]}
+
+
+def _stack(crops: list[np.ndarray], size: int) -> np.ndarray:
+    if not crops:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    return np.stack(crops)  # B×[S,S,3] -> [B,S,S,3]
+
+
+def _counter():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class SkipCounter:
+        def __init__(self) -> None:
+            self.counts: dict[str, int] = {}
+
+        def add(self, tag: str, n: int) -> int:
+            self.counts[tag] = self.counts.get(tag, 0) + n
+            return self.counts[tag]
+
+        def get(self) -> dict[str, int]:
+            return dict(self.counts)
+
+    return SkipCounter.options(name=_COUNTER_NAME, namespace=_COUNTER_NAMESPACE, get_if_exists=True,
+                               lifetime="detached").remote()
+
+
+def _count_skips(tag: str, paths: list[str]) -> None:
+    import ray
+
+    total = ray.get(_counter().add.remote(tag, len(paths)))
+    log.warning("skipped %d undecodable image(s) in %s (total %d): %s", len(paths), tag, total,
+                ", ".join(paths[:5]) + (" …" if len(paths) > 5 else ""))
+
+
+def skipped_images(tag: str | None = None) -> int | dict[str, int]:
+    """Undecodable images skipped so far: for one pipeline ``tag`` (``ds.skip_tag``), or all tags as a dict."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0 if tag is not None else {}
+    try:
+        actor = ray.get_actor(_COUNTER_NAME, namespace=_COUNTER_NAMESPACE)
+    except ValueError:
+        return 0 if tag is not None else {}
+    counts = ray.get(actor.get.remote())
+    return counts.get(tag, 0) if tag is not None else counts
