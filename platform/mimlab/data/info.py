@@ -1,0 +1,85 @@
+"""Summaries of a dataset: per split, the shard files, image count, classes, image sizes and bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+
+from PIL import Image
+
+from mimlab.data.fs import join, list_shards, read_json, resolve
+from mimlab.data.schema import CLASSES_FILE
+from mimlab.data.shards import iter_tables
+from mimlab.errors import UserError
+
+
+def dataset_info(url: str | os.PathLike | None = None) -> dict:
+    """Describe the shards at ``url`` (a shard folder/file, or a root with split subfolders; ``None`` ⇒ embedded).
+
+    Returns:
+        ``{"url", "splits": {name: {"files", "images", "bytes", "classes", "class_names", "per_class",
+        "sizes", "with_mask"}}}``; ``sizes`` maps ``"HxW"`` to a count over every image header.
+    """
+    if url is None:
+        from mimlab.data.synth import default_dataset
+
+        url = default_dataset()
+    text = os.fspath(url)
+    fs, path = resolve(text)
+    if not fs.exists(path):
+        raise UserError(f"no such file or folder: '{text}'")
+    splits = {}
+    if fs.isdir(path):
+        subdirs = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False) if fs.isdir(p))
+        has_files = any(p.endswith(".parquet") for p in fs.ls(path, detail=False))
+        if subdirs and not has_files:
+            for name in subdirs:
+                splits[name] = _split_info(fs, join(fs, path, name), f"{text.rstrip('/')}/{name}")
+    if not splits:
+        splits["."] = _split_info(fs, path, text)
+    return {"url": text, "splits": splits}
+
+
+def _split_info(fs, path: str, url: str) -> dict:
+    files = list_shards(fs, path, url)
+    per_class: Counter = Counter()
+    sizes: Counter = Counter()
+    images = 0
+    with_mask = False
+    for _, table in iter_tables(fs, files, columns=["image", "label", "mask"]):
+        with_mask = with_mask or "mask" in table.column_names
+        per_class.update(table.column("label").to_pylist())
+        for data in table.column("image").to_pylist():
+            sizes[_size(data)] += 1
+        images += table.num_rows
+    if images == 0:
+        raise UserError(f"'{url}' holds no images (empty dataset)")
+    names = read_json(fs, join(fs, path, CLASSES_FILE)) if fs.isdir(path) else None
+    return {"files": len(files), "images": images, "bytes": sum(fs.size(f) for f in files),
+            "classes": len(per_class), "class_names": names, "per_class": dict(sorted(per_class.items())),
+            "sizes": dict(sizes.most_common()), "with_mask": with_mask}
+
+
+def _size(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        return f"{height}x{width}"
+    except Exception:  # noqa: BLE001 - an undecodable image is reported, not fatal
+        return "undecodable"
+
+
+def format_info(info: dict) -> str:
+    """Human-readable text of :func:`dataset_info`."""
+    lines = [f"dataset: {info['url']}"]
+    for name, s in info["splits"].items():
+        sizes = ", ".join(f"{k} ×{v}" for k, v in list(s["sizes"].items())[:5])
+        counts = list(s["per_class"].values())
+        lines.append(f"[{name}] images: {s['images']}  shards: {s['files']}  bytes: {s['bytes']:,} "
+                     f"({s['bytes'] / 2**20:.1f} MiB)  masks: {'yes' if s['with_mask'] else 'no'}")
+        names = s["class_names"]
+        shown = f" ({', '.join(names[:10])}{' …' if len(names) > 10 else ''})" if names else ""
+        lines.append(f"  classes: {s['classes']}{shown}  per class: min {min(counts)} max {max(counts)}")
+        lines.append(f"  image sizes (HxW): {sizes}{' …' if len(s['sizes']) > 5 else ''}")
+    return "\n".join(lines)
