@@ -1,5 +1,27 @@
-"""``platform runs`` — read results back from the MLflow tracking store."""
+"""``platform runs`` — read sweep results back from the MLflow tracking store."""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
+from mimlab.cli.common import user_errors
+
 runs_app = typer.Typer(help="Compare sweep results stored in MLflow.", no_args_is_help=True)
+
+
+@runs_app.command()
+@user_errors
+def compare(
+    name: Annotated[str, typer.Argument(help="sweep (experiment) name, e.g. masking-layers")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default sqlite:///./mlflow.db)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="a specific parent run (default: the latest sweep)")] = None,
+) -> None:
+    """Print the results table (mean ± std over seeds) of the latest sweep NAME from the tracking store."""
+    from mimlab.runtime.tune import compare as compare_sweep
+
+    parent, table = compare_sweep(name=name, tracking_uri=tracking_uri, run_id=run_id)
+    typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) — mean ± std over seeds "
+               f"({table.finished} trial(s) finished, {table.failed} failed)")
+    typer.echo(table.to_text())
