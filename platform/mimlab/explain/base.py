@@ -1,0 +1,143 @@
+"""The explainer interface: one signature for every saliency method, registered by name.
+
+``build_explainer("raw:layer=12", loaded)(images [B,3,H,W] normalised, targets LongTensor[B] | None)``
+returns maps ``[B,H,W]`` in [0, 1] at input resolution. Behaviour is metadata (``vit_only``, ``gradient_free``),
+never a branch on names.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mimlab.errors import UserError, did_you_mean
+from mimlab.models.loading import LoadedModel
+from mimlab.registry import Registry
+from mimlab.spec import MethodSpec, check_layer, parse_spec
+
+EXPLAINERS: Registry[type[Explainer]] = Registry("method")
+
+
+class Explainer:
+    """Base class. Subclasses set the metadata, parse their keys in :meth:`configure` and implement :meth:`explain`.
+
+    Attributes:
+        vit_only: the method reads transformer attention and fails on CNNs.
+        gradient_free: no backward pass (attention family); such methods share one forward in ``explain_many``.
+        keys: the spec keys the method accepts.
+        reads_capture: the map is computed from an ``AttentionCapture`` (``from_capture``), so ``explain_many``
+            can serve every such method from a single forward pass.
+    """
+
+    vit_only: ClassVar[bool] = False
+    gradient_free: ClassVar[bool] = False
+    keys: ClassVar[frozenset[str]] = frozenset()
+    reads_capture: ClassVar[bool] = False
+
+    def __init__(self, spec: MethodSpec, loaded: LoadedModel) -> None:
+        self.spec = spec
+        self.loaded = loaded
+        self.model = loaded.module
+        self.configure()
+
+    def configure(self) -> None:
+        """Parse and validate ``self.spec`` params (raise :class:`UserError` on bad values)."""
+
+    def explain(self, images: Tensor, targets: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Maps for a batch.
+
+        Args:
+            images: [B,3,H,W] normalised with the model's mean/std.
+            targets: LongTensor [B] of class indices, or ``None`` for the predicted (top-1) class.
+        Returns:
+            [B,H,W] float32 in [0, 1].
+        """
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
+        maps = self.explain(images, targets)
+        return maps.detach().float().clamp_(0.0, 1.0)
+
+    # -- helpers for subclasses ----------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        return self.spec.text or self.spec.name
+
+    def layer_param(self, key: str = "layer") -> int:
+        """The 1-based ``key`` of the spec (default: the last block) as a 0-based block index."""
+        depth = self.loaded.depth
+        layer = self.spec.get_int(key, depth)
+        return check_layer(layer, depth, what=f"method '{self.text}': {key}")
+
+    def choice_param(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.spec.params.get(key, default)
+        if value not in choices:
+            raise UserError(
+                f"method '{self.text}': {key} must be one of {', '.join(choices)}, got '{value}'"
+                f"{did_you_mean(value, choices)}"
+            )
+        return value
+
+
+def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
+    """Parse ``name[:key=value,...]`` and build the registered explainer for ``loaded``.
+
+    Raises:
+        UserError: unknown method (listing the valid ones and the nearest), unknown key, a bad value, a layer
+            outside 1..depth, or a ViT-only method on a CNN.
+    """
+    import mimlab.explain  # noqa: F401 - registers every explainer
+
+    spec = parse_spec(spec_text)
+    cls = EXPLAINERS.get(spec.name)
+    spec.check_keys(cls.keys)
+    if cls.vit_only and loaded.kind != "vit":
+        cams = ", ".join(n for n in EXPLAINERS.names() if not EXPLAINERS.get(n).vit_only)
+        raise UserError(
+            f"method '{spec.name}' reads transformer attention and needs a ViT; model '{loaded.name}' is a CNN "
+            f"(methods for CNNs: {cams})"
+        )
+    return cls(spec, loaded)
+
+
+def patch_scores_to_map(
+    scores: Tensor, grid: tuple[int, int], size: tuple[int, int], *, align_corners: bool = True,
+    normalise: str = "before"
+) -> Tensor:
+    """Turn per-patch scores into image-resolution maps in [0, 1].
+
+    Args:
+        scores: [B,Np] row-major patch scores.
+        grid: patch grid (h, w) with h*w = Np.
+        size: output (H, W).
+        align_corners: bilinear upsampling flag (thesis attention maps: True; TIBAV: False).
+        normalise: ``"before"`` min-max the patch scores then upsample (thesis), ``"after"`` upsample then min-max
+            over the image (Chefer).
+    Returns:
+        [B,H,W] in [0, 1].
+    """
+    from mimlab.explain.scores import minmax
+
+    h, w = grid
+    if scores.shape[1] != h * w:
+        raise ValueError(f"{scores.shape[1]} patch scores do not fill a {h}x{w} grid")
+    scores = scores.float()
+    if normalise == "before":
+        scores = minmax(scores)
+    maps = scores.reshape(-1, 1, h, w)  # [B,Np] -> [B,1,h,w]
+    maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=align_corners)[:, 0]  # -> [B,H,W]
+    if normalise == "after":
+        maps = minmax(maps)
+    return maps
+
+
+def predicted_targets(logits: Tensor, targets: Tensor | None) -> Tensor:
+    """``targets`` when given, else the top-1 class of ``logits`` [B,K] → LongTensor [B]."""
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    return logits.argmax(-1)
