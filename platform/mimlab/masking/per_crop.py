@@ -25,10 +25,11 @@ from mimlab.spec import parse_spec
 FROM_PREFIX = "attmask-from:"
 
 
-def build_strategy(text: str, params: MaskParams, depth: int) -> MaskingStrategy:
+def build_strategy(text: str, params: MaskParams, depth: int, model: Any = None) -> MaskingStrategy:
     """Parse one spec string (``attmask-raw:layer=5``) into a registered strategy instance.
 
-    ``attmask-from:<explainer spec>`` keeps everything after the first colon as the explainer's own spec.
+    ``attmask-from:<explainer spec>`` keeps everything after the first colon as the explainer's own spec
+    (``model``, the teacher backbone, is only needed by explainers that inspect the blocks, e.g. ``head``).
     """
     if not isinstance(text, str):
         raise UserError(f"masking.strategy entries must be spec strings, got {text!r}")
@@ -36,7 +37,7 @@ def build_strategy(text: str, params: MaskParams, depth: int) -> MaskingStrategy
     if stripped.startswith(FROM_PREFIX):
         from mimlab.masking.from_explainer import ExplainerMask
 
-        return ExplainerMask.from_text(stripped[len(FROM_PREFIX) :], params, depth)
+        return ExplainerMask.from_text(stripped[len(FROM_PREFIX) :], params, depth, model)
     spec = parse_spec(stripped)
     cls = MASKING.get(spec.name)
     return cls(spec, params, depth)
@@ -139,7 +140,9 @@ class CropMasking:
         return f"CropMasking({list(self.strategies)!r}, {self.params})"
 
 
-def build_masking(cfg_masking: Any, *, num_global_crops: int, depth: int, contrastive: bool = False) -> CropMasking:
+def build_masking(
+    cfg_masking: Any, *, num_global_crops: int, depth: int, contrastive: bool = False, model: Any = None
+) -> CropMasking:
     """Build the run's masking from the ``masking`` config section.
 
     Args:
@@ -150,6 +153,7 @@ def build_masking(cfg_masking: Any, *, num_global_crops: int, depth: int, contra
         depth: number of teacher blocks (1-based layers in specs are checked against it).
         contrastive: the dense contrastive term is on, so also capture the last block when a crop's strategy has
             no attention score of its own (:meth:`CropMasking.pair_scores`).
+        model: optional teacher backbone; only ``attmask-from:`` explainers that inspect the blocks need it.
 
     Raises:
         UserError: unknown strategy or key, bad value, layer beyond the depth, list length ≠ G.
@@ -173,7 +177,7 @@ def build_masking(cfg_masking: Any, *, num_global_crops: int, depth: int, contra
     strategies = []
     for text in texts:
         try:
-            strategies.append(build_strategy(text, params, depth))
+            strategies.append(build_strategy(text, params, depth, model))
         except UserError as err:
             raise UserError(f"masking.strategy: {err}") from None
     return CropMasking(tuple(strategies), params, depth, pair_scores=contrastive)
