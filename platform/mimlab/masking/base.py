@@ -61,9 +61,9 @@ class MaskParams:
                 f"{did_you_mean(str(self.ratio_mode), RATIO_MODES)}"
             )
         if self.ratio_mode == "fixed":
-            if self.fixed_ratio is None or not 0.0 < self.fixed_ratio <= 1.0:
+            if self.fixed_ratio is None or not 0.0 <= self.fixed_ratio <= 1.0:
                 raise UserError(
-                    f"masking.fixed_ratio must be a number in (0, 1] when masking.ratio_mode is 'fixed', "
+                    f"masking.fixed_ratio must be a number in [0, 1] when masking.ratio_mode is 'fixed', "
                     f"got {self.fixed_ratio}"
                 )
         elif self.fixed_ratio is not None:

@@ -16,7 +16,7 @@ from torch import Tensor
 from mimlab.errors import UserError
 from mimlab.masking.attention_guided import AttentionGuidedMask, captured_tensor
 from mimlab.masking.base import MASKING, MaskContext, MaskParams
-from mimlab.spec import MethodSpec
+from mimlab.spec import MethodSpec, parse_spec
 
 
 def _loaded_stand_in(depth: int, model: Any) -> Any:
@@ -55,6 +55,12 @@ class ExplainerMask(AttentionGuidedMask):
             n for n in EXPLAINERS.names()
             if EXPLAINERS.get(n).gradient_free and getattr(EXPLAINERS.get(n), "reads_capture", False)
         )
+        name = parse_spec(text).name
+        if name in EXPLAINERS and name not in usable:
+            raise UserError(
+                f"masking strategy '{full}': '{name}' is not a gradient-free attention-family explainer "
+                f"(masks must come from the teacher forward); usable: {', '.join(usable)}"
+            )
         try:
             explainer = build_explainer(text, _loaded_stand_in(depth, model))
         except UserError as err:
