@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from mimlab.data.transforms import (MultiCrop, MultiCropConfig, _hsv_to_rgb, _rgb_to_hsv, color_jitter,
+                                    eval_transform, normalise, random_resized_crop_box)
+
+
+@pytest.mark.parametrize("bad", [{"global_crops": 4}, {"global_crops": 0}, {"local_scale": (0.3, 0.1)},
+                                 {"global_scale": (0.2, 1.5)}, {"glob_crops": 2}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValidationError):
+        MultiCropConfig(**bad)
+
+
+@pytest.mark.parametrize("g", [1, 2, 3])
+def test_multicrop_shapes_dtype_and_seeding(g):
+    cfg = MultiCropConfig(global_crops=g, global_size=20, local_crops=3, local_size=9)
+    img = np.random.default_rng(0).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    crops = MultiCrop(cfg)(img, np.random.default_rng(1))
+    assert list(crops) == [f"global_{i}" for i in range(g)] + ["local_0", "local_1", "local_2"]
+    for name, crop in crops.items():
+        side = 20 if name.startswith("global") else 9
+        assert crop.shape == (side, side, 3) and crop.dtype == np.uint8 and crop.flags.c_contiguous
+    again = MultiCrop(cfg)(img, np.random.default_rng(1))
+    other = MultiCrop(cfg)(img, np.random.default_rng(2))
+    assert all(np.array_equal(crops[k], again[k]) for k in crops)
+    assert not all(np.array_equal(crops[k], other[k]) for k in crops)
+
+
+def test_random_resized_crop_box_in_bounds_and_scale():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        top, left, h, w = random_resized_crop_box(rng, 32, 48, (0.1, 0.5))
+        assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 48
+        # rounding of each side to an integer moves the area by at most (h + w + 1) / 2 pixels
+        assert 0.1 * 32 * 48 - (h + w + 1) / 2 <= h * w <= 0.5 * 32 * 48 + (h + w + 1) / 2
+        assert 3 / 4 - 0.2 <= w / h <= 4 / 3 + 0.2
+
+
+def test_hsv_matches_colorsys():
+    """Independent reference: the standard library's colorsys, pixel by pixel."""
+    x = np.random.default_rng(0).random((50, 3)).astype(np.float64)
+    h, s, v = _rgb_to_hsv(x)
+    ref = np.array([colorsys.rgb_to_hsv(*p) for p in x])
+    np.testing.assert_allclose(np.stack([h, s, v], 1), ref, atol=1e-9)
+    np.testing.assert_allclose(_hsv_to_rgb(h, s, v), x, atol=1e-9)
+
+
+def test_color_jitter_identity_and_brightness():
+    img = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    same = color_jitter(img, np.random.default_rng(0), 0.0, 0.0, 0.0, 0.0)
+    assert np.abs(same.astype(int) - img).max() <= 1
+    bright = color_jitter(np.full((4, 4, 3), 100, np.uint8), np.random.default_rng(0), 0.4, 0.0, 0.0, 0.0)
+    factor = np.random.default_rng(0).uniform(0.6, 1.4)  # the first draw is the brightness factor
+    assert np.all(bright == int(100 / 255 * factor * 255 + 0.5))
+
+
+def test_eval_transform_matches_torchvision():
+    """Independent reference: torchvision Resize(int(size/0.875), bicubic) + CenterCrop on the PIL image."""
+    from torchvision import transforms as T
+
+    img = np.random.default_rng(0).integers(0, 256, size=(37, 50, 3), dtype=np.uint8)
+    ref = T.Compose([T.Resize(int(24 / 0.875), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(24)])
+    expected = np.asarray(ref(Image.fromarray(img)))
+    out = eval_transform(img, 24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, expected)
+    assert np.array_equal(eval_transform(img.transpose(1, 0, 2).copy(), 24),
+                          np.asarray(ref(Image.fromarray(img.transpose(1, 0, 2).copy()))))
+
+
+def test_normalise_matches_torchvision():
+    from torchvision import transforms as T
+
+    batch = np.random.default_rng(0).integers(0, 256, size=(2, 5, 6, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = normalise(batch, mean, std)
+    ref = torch.stack([T.Normalize(mean, std)(T.ToTensor()(b)) for b in batch])
+    assert out.shape == (2, 3, 5, 6) and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(normalise(torch.from_numpy(batch), mean, std), ref)
