@@ -66,7 +66,7 @@ def _make_contrastive(cfg) -> nn.Module | None:
         return None
     from mimlab.pretrain.contrastive import DenseContrastive
 
-    return DenseContrastive(**cfg.contrastive.model_dump())
+    return DenseContrastive.from_config(cfg.contrastive)
 
 
 def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTParts:

@@ -126,7 +126,8 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
     t_out, masks, views = teacher_and_masks(parts, crops)
     contrastive = parts.contrastive
     with _autocast(parts):
-        s_out = parts.student(crops.global_crops, crops.local_crops, masks, all_patches=contrastive is not None)
+        all_patches = contrastive is not None and contrastive.source == "student_head" and not contrastive.uses_teacher
+        s_out = parts.student(crops.global_crops, crops.local_crops, masks, all_patches=all_patches)
         losses = parts.loss(s_out["cls"], s_out["patch"], t_out["cls"], t_out["patch"], masks,
                             values["teacher_temp"], values["teacher_patch_temp"])
         total = losses["loss"]
@@ -162,17 +163,20 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
 
 def _contrastive_term(parts: IBOTParts, s_out, t_out, masks, views, b: int, values) -> Tensor:
     """Dense contrastive third term (methods-spec §6); pairs picked from the same captured teacher attention."""
-    g = parts.cfg.crops.global_crops
-    size_grid = None
-    scores = torch.stack([parts.masking.pair_scores(q, views[q], size_grid) for q in range(g)])  # [G,B,Np]
-    return parts.contrastive(
-        student_patch_logits=s_out["patch"].view(g, b, masks.shape[1], -1),  # [G*B*Np,K] -> [G,B,Np,K]
-        student_patch_tokens=s_out["patch_tokens"].view(g, b, masks.shape[1], -1),
-        teacher_patch_logits=t_out["patch"].view(g, b, masks.shape[1], -1),
-        teacher_center=parts.loss.center2.view(-1),
-        teacher_temp=values["teacher_patch_temp"],
-        scores=scores, masks=masks.view(g, b, -1),
-    )
+    from mimlab.pretrain.contrastive import stack_pair_scores
+
+    g, n = parts.cfg.crops.global_crops, masks.shape[1]
+    term = parts.contrastive
+    scores = stack_pair_scores(parts.masking, views)  # [G,B,Np]
+    if term.source == "student_tokens":
+        student = s_out["patch_tokens"].reshape(g, b, n, -1)  # [G*B,Np,D] -> [G,B,Np,D]
+    else:
+        student = s_out["patch"].view(g, b, n, -1)  # [G*B*Np,K] -> [G,B,Np,K]
+    teacher_probs = None
+    if term.uses_teacher:
+        centred = (t_out["patch"].float() - parts.loss.center2) / values["teacher_patch_temp"]
+        teacher_probs = torch.softmax(centred, dim=-1).view(g, b, n, -1)  # [G*B,Np,K] -> [G,B,Np,K]
+    return term(student, teacher_probs, scores)
 
 
 def train_one_epoch(parts: IBOTParts, batches: Iterable[Crops], epoch: int, schedules: Schedules, *,
