@@ -1,0 +1,120 @@
+"""End to end: ``platform evaluate saliency`` on the embedded dataset with Ray actors, MLflow, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mimlab.cli import app
+from mimlab.errors import UserError
+from mimlab.runtime.saliency import SaliencyEvaluator, compute_saliency
+
+METHODS = ["raw", "rollout"]
+METRICS = "ad,ai,insertion,deletion,pointing,energy,iou:k=25"
+
+
+def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_change_results(
+        ray_local, tiny_checkpoint, tmp_path, mlflow_uri):
+    import mlflow
+
+    out2 = tmp_path / "k2"
+    args = ["evaluate", "saliency", "--model", str(tiny_checkpoint), "--limit", "10", "--batch-size", "3",
+            "--metrics", METRICS, "--save-maps", "--workers", "2", "--out", str(out2)]
+    for m in METHODS:
+        args += ["--method", m]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "rollout" in res.output and "*" in res.output  # the printed table marks the best
+
+    table = json.loads((out2 / "results.json").read_text())
+    names = ["ad", "ai", "insertion", "deletion", "pointing", "energy", "iou:k=25"]
+    assert list(table) == METHODS and all(list(table[m]) == names for m in METHODS)
+    rows = list(csv.DictReader(open(out2 / "per_image.csv")))
+    assert len(rows) == 20 and list(rows[0]) == ["path", "label", "predicted", "method", *names]
+    for m in METHODS:  # the means are the means of the per-image rows
+        vals = [float(r["ad"]) for r in rows if r["method"] == m]
+        assert table[m]["ad"] == pytest.approx(sum(vals) / len(vals), abs=1e-6)
+    maps = np.load(out2 / "maps.npz")
+    assert sorted(maps.files) == sorted(METHODS)
+    assert maps["raw"].shape == (10, 32, 32) and maps["raw"].dtype == np.float32
+    assert (out2 / "metrics.png").stat().st_size > 0
+    assert not list(out2.glob(".partial-*"))
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=["mimlab"], filter_string="tags.`mimlab.kind` = 'saliency-eval'")
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.raw/ad"] == pytest.approx(table["raw"]["ad"])
+    assert runs.iloc[0]["params.workers"] == "2"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs.iloc[0]["run_id"])}
+    assert {"results.json", "per_image.csv", "maps.npz", "metrics.png"} <= artifacts
+
+    # the same evaluation on one actor gives a byte-identical results.json and per-image table
+    out1 = tmp_path / "k1"
+    compute_saliency(model=str(tiny_checkpoint), limit=10, batch_size=3, methods=METHODS,
+                     metrics=names, workers=1, out=out1)
+    assert (out1 / "results.json").read_bytes() == (out2 / "results.json").read_bytes()
+    assert (out1 / "per_image.csv").read_bytes() == (out2 / "per_image.csv").read_bytes()
+
+
+def _run(args):
+    return CliRunner().invoke(app, ["evaluate", "saliency", *args])
+
+
+def test_unknown_metric_and_method_fail_in_one_line_without_results(tiny_checkpoint, tmp_path, mlflow_uri):
+    out = tmp_path / "bad"
+    res = _run(["--model", str(tiny_checkpoint), "--metrics", "ad,insertoin", "--out", str(out)])
+    assert res.exit_code == 2 and "unknown metric 'insertoin'" in res.output and "Traceback" not in res.output
+    res = _run(["--model", str(tiny_checkpoint), "--method", "rawx", "--out", str(out)])
+    assert res.exit_code == 2 and "unknown method 'rawx'" in res.output
+    assert not (out / "results.json").exists()
+
+
+def test_mask_metric_on_data_without_masks_fails(tiny_checkpoint, tmp_path, mlflow_uri):
+    tree = tmp_path / "tree"
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 80, np.uint8)).save(tree / cls / "x.png")
+    out = tmp_path / "o"
+    res = _run(["--model", str(tiny_checkpoint), "--data", str(tree), "--metrics", "ad,pointing", "--method", "raw",
+                "--out", str(out)])
+    assert res.exit_code == 2 and "no foreground masks" in res.output and "pointing" in res.output
+    assert not (out / "results.json").exists()
+
+
+def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri):
+    from mimlab.data.sources import encode_png
+
+    img = encode_png(np.full((32, 32, 3), 80, np.uint8))
+    shard = tmp_path / "shards"
+    shard.mkdir()
+    table = pa.table({"image": pa.array([img, img], pa.binary()), "label": pa.array([None, None], pa.int64()),
+                      "path": pa.array(["u0.png", "u1.png"])})
+    pq.write_table(table, shard / "part-00000.parquet")
+    out = tmp_path / "o"
+    res = _run(["--model", str(tiny_checkpoint), "--data", str(shard), "--metrics", "ad,ai", "--method", "raw",
+                "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "has no label" in res.output or "label" in res.output
+    assert not (out / "results.json").exists()
+
+
+def test_nan_or_misshapen_maps_are_a_user_error(tiny_checkpoint):
+    from mimlab.data.sources import load_records
+
+    evaluator = SaliencyEvaluator(model=str(tiny_checkpoint), weights=None, img_size=None, methods=["raw"],
+                                  metrics=["ad", "deletion"], save_maps=False)
+    records = load_records(None, limit=2)
+    evaluator.explainers["raw"] = lambda images, targets: torch.full((2, 32, 32), float("nan"))
+    with pytest.raises(UserError, match="method 'raw': saliency maps contain NaN"):
+        evaluator.run(records)
+    evaluator.explainers["raw"] = lambda images, targets: torch.zeros(2, 16, 16)
+    with pytest.raises(UserError, match="shape"):
+        evaluator.run(records)
