@@ -95,6 +95,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from mimlab.runtime import tracking
 
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     point = ctx.points[int(config["point"])]
     seed = int(config["seed"])
     cfg = trial_config(point, seed=seed, data_train=ctx.data_train, data_val=ctx.data_val)
@@ -124,7 +125,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         mlflow.log_metrics(final)
         mlflow.log_dict({"label": point.label, "seed": seed, "overrides": point.overrides, "metrics": final},
                         "trial_result.json")
-        tune.report({**final, "phase": "done", "done": True})
+    # After the child run is closed: Tune may tear the actor down as soon as the function returns.
+    tune.report({**final, "phase": "done"})
 
 
 # ----------------------------------------------------------------------------------------- the real trial body
@@ -168,8 +170,8 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
 
     ks = list(ev["knn_ks"])
     knn = run_knn(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
-                  limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
-                  **_val_limit(run_knn, ev))
+                  temperature=float(ev["knn_temperature"]), limit=ev.get("train_limit"), log_mlflow=False,
+                  workers=0, batch_size=ev["batch_size"], **_val_limit(run_knn, ev))
     head, per_k = _pick_top1(knn, ks)
     metrics.update(per_k)
     if head is not None:
@@ -178,7 +180,7 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
         lin = run_linear(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
                          limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
-                         **_val_limit(run_linear, ev))
+                         seed=run.seed, **_val_limit(run_linear, ev))
         flat = _numeric(lin)
         best = next((flat[c] for c in ("best_top1", "best.top1", "top1", "final_top1") if c in flat), None)
         if best is not None:
@@ -353,6 +355,8 @@ def run_sweep(
     from mimlab.runtime.ray_env import apply_default_env, ensure_ray
 
     apply_default_env()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the legacy reporter honours verbose=0; we print our own lines
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     if workers_per_trial < 1:
@@ -406,7 +410,7 @@ def run_sweep(
         started = time.monotonic()
         grid = _fit(exp, ctx, sweep_dir, seeds=seeds, cpus=cpus, gpus=gpus, concurrent=concurrent,
                     workers=workers_per_trial, resume=resume, callbacks=callbacks or [], echo=echo)
-        interrupted = any(r.metrics is None or not r.metrics.get("done") for r in grid if r.error is None)
+        interrupted = any(r.metrics is None or r.metrics.get("phase") != "done" for r in grid if r.error is None)
         num_errors = grid.num_errors
         table = results_table(trial_uri, parent_id, metrics=exp.spec.plot.metrics)
         _close_parent(exp, trial_uri, parent_id, table, interrupted, num_errors, time.monotonic() - started)
@@ -426,7 +430,7 @@ def _fit(exp: Experiment, ctx: TrialContext, sweep_dir: str, *, seeds: int, cpus
     else:
         resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
-    progress = _Progress(exp, seeds, echo)
+    progress = _Progress(exp, ctx, seeds, echo)
     run_config = tune.RunConfig(
         name=sweep_dir.rstrip("/").rsplit("/", 1)[-1],
         storage_path=sweep_dir.rstrip("/").rsplit("/", 1)[0],
@@ -466,8 +470,8 @@ def _progress_class() -> type:
     class Progress(Callback):
         """One concise line per finished/failed trial (and per pretraining epoch) on the driver."""
 
-        def __init__(self, exp: Experiment, seeds: int, echo: Callable[[str], None]) -> None:
-            self.exp, self.total, self.echo = exp, len(exp.points) * seeds, echo
+        def __init__(self, exp: Experiment, ctx: TrialContext, seeds: int, echo: Callable[[str], None]) -> None:
+            self.exp, self.ctx, self.total, self.echo = exp, ctx, len(exp.points) * seeds, echo
             self.done = 0
             self.start = time.monotonic()
 
@@ -492,10 +496,38 @@ def _progress_class() -> type:
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
+            message = _error_line(trial)
             self.echo(f"[{self.done}/{self.total}] {self._clock()} {self._label(trial)}: FAILED "
-                      f"(recorded; the sweep goes on) — {_error_line(trial)}")
+                      f"(recorded; the sweep goes on) — {message}")
+            try:
+                _mark_failed(self.ctx, int(trial.config["point"]), int(trial.config["seed"]), message)
+            except Exception as err:  # noqa: BLE001 (never let bookkeeping stop the sweep)
+                self.echo(f"  (could not mark the failure in MLflow: {err})")
 
     return Progress
+
+
+def _mark_failed(ctx: TrialContext, point: int, seed: int, message: str) -> None:
+    """Record a failed trial in MLflow from the driver: close its child run as FAILED, or create one."""
+    client = _client(ctx.tracking_uri)
+    parent = client.get_run(ctx.parent_run_id)
+    key = trial_key(point, seed)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and "
+                                            f"tags.`mimlab.trial_key` = '{key}'")
+    running = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+    for run in running:
+        client.set_tag(run.info.run_id, "mimlab.error", message[:5000])
+        client.set_terminated(run.info.run_id, status="FAILED")
+    if not any(r.info.status in ("RUNNING", "SCHEDULED", "FAILED") for r in runs):
+        label = ctx.points[point].label
+        run = client.create_run(parent.info.experiment_id, run_name=f"{label} · seed {seed}",
+                                tags={"mlflow.parentRunId": ctx.parent_run_id, ROLE_TAG: "trial",
+                                      "mimlab.sweep": ctx.sweep, "mimlab.trial_key": key,
+                                      "mimlab.error": message[:5000]})
+        for name, value in (("sweep.label", label), ("sweep.point", point), ("sweep.seed", seed)):
+            client.log_param(run.info.run_id, name, str(value))
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def _error_line(trial: Any) -> str:
@@ -507,8 +539,9 @@ def _error_line(trial: Any) -> str:
         return "see the trial's error.txt"
 
 
-def _Progress(exp: Experiment, seeds: int, echo: Callable[[str], None]) -> Any:  # noqa: N802 (factory)
-    return _progress_class()(exp, seeds, echo)
+def _Progress(exp: Experiment, ctx: TrialContext, seeds: int,  # noqa: N802 (factory)
+              echo: Callable[[str], None]) -> Any:
+    return _progress_class()(exp, ctx, seeds, echo)
 
 
 # --------------------------------------------------------------------------------------------------- MLflow side
