@@ -178,6 +178,8 @@ def _train_fn(config: dict[str, Any]) -> None:
                 ray.train.report({"diverged": str(err), "epoch": epoch})
                 return
             metrics["epoch"] = epoch
+            if world > 1:
+                metrics["teacher_rank_spread"] = _teacher_spread(parts.teacher)
             if rank == 0:
                 metrics.update(epoch_diagnostics(parts, monitor, epoch, sink, cfg.eval.knn_every))
                 if "knn_top1_init" in history:
@@ -201,6 +203,18 @@ def _train_fn(config: dict[str, Any]) -> None:
     finally:
         if sink is not None:
             sink.close()
+
+
+def _teacher_spread(teacher) -> float:
+    """Largest difference of any teacher weight across ranks (0.0 when DDP keeps them identical)."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().flatten().double() for p in teacher.parameters()])  # [P]
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max())
 
 
 def _count_rows(url: str | None, split: str | None) -> int:

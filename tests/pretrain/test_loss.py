@@ -1,0 +1,91 @@
+import math
+
+import torch
+
+from mimlab.pretrain.loss import IBOTLoss
+
+
+def _reference(s_cls, s_patch_all, t_cls, t_patch, masks, tt, tp, center, center2, G, B, st=0.1):
+    """Independent computation: explicit Python loops over pairs, images and tokens (methods-spec §4.3)."""
+    V = s_cls.shape[0] // B
+    total, pairs = 0.0, 0
+    for q in range(G):
+        for v in range(V):
+            if v == q:
+                continue
+            ce = 0.0
+            for b in range(B):
+                p = torch.softmax((t_cls[q * B + b] - center[0]) / tt, -1)
+                ls = torch.log_softmax(s_cls[v * B + b] / st, -1)
+                ce += float(-(p * ls).sum())
+            total += ce / B
+            pairs += 1
+    l_cls = total / pairs
+    per_crop = []
+    for q in range(G):
+        acc = 0.0
+        for b in range(B):
+            row = q * B + b
+            s, n = 0.0, 0
+            for i in range(masks.shape[1]):
+                if masks[row, i]:
+                    p = torch.softmax((t_patch[row, i] - center2[0, 0]) / tp, -1)
+                    ls = torch.log_softmax(s_patch_all[row, i] / st, -1)
+                    s += float(-(p * ls).sum())
+                    n += 1
+            acc += s / max(1, n)
+        per_crop.append(acc / B)
+    return l_cls, sum(per_crop) / G
+
+
+def _inputs(G=2, L=2, B=3, N=5, K=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s_cls = torch.randn((G + L) * B, K, generator=g)
+    s_patch = torch.randn(G * B, N, K, generator=g)
+    t_cls = torch.randn(G * B, K, generator=g)
+    t_patch = torch.randn(G * B, N, K, generator=g)
+    masks = torch.rand(G * B, N, generator=g) < 0.5
+    masks[0] = False  # an image with an all-zero mask
+    masks[1, 0] = True
+    return s_cls, s_patch, t_cls, t_patch, masks
+
+
+def test_loss_matches_loop_reference_with_centres():
+    G, B = 2, 3
+    s_cls, s_patch, t_cls, t_patch, masks = _inputs()
+    loss = IBOTLoss(7, G, lambda1=0.5, lambda2=2.0)
+    loss.center.normal_()
+    loss.center2.normal_()
+    out = loss(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+    l_cls, l_patch = _reference(s_cls, s_patch, t_cls, t_patch, masks, 0.05, 0.06, loss.center, loss.center2, G, B)
+    assert math.isclose(float(out["loss_cls"]), l_cls, rel_tol=1e-5)
+    assert math.isclose(float(out["loss_patch"]), l_patch, rel_tol=1e-5)
+    assert math.isclose(float(out["loss"]), 0.5 * l_cls + 2.0 * l_patch, rel_tol=1e-5)
+    # the all-patches form (contrastive runs) gives the same loss
+    out_all = loss(s_cls, s_patch.reshape(-1, 7), t_cls, t_patch, masks, 0.05, 0.06)
+    torch.testing.assert_close(out_all["loss"], out["loss"])
+
+
+def test_all_zero_mask_image_counts_in_the_batch_mean():
+    G, B, N, K = 1, 2, 4, 3
+    t_patch = torch.zeros(G * B, N, K)
+    s_patch = torch.zeros(G * B, N, K)
+    masks = torch.tensor([[True, True, False, False], [False] * 4])
+    loss = IBOTLoss(K, G)
+    out = loss(torch.zeros(B, K), s_patch[masks], torch.zeros(B, K), t_patch, masks, 0.07, 0.07)
+    # uniform teacher and student: CE per masked token = log K; image 0 averages to log K, image 1 contributes 0,
+    # and the mean is over both images -> log(K) / 2 (not log K).
+    assert math.isclose(float(out["loss_patch"]), math.log(K) / 2, rel_tol=1e-6)
+    assert float(out["loss_cls"]) == 0.0  # one global crop, no local crops: no cross-view pair
+
+
+def test_centre_update_uses_all_patch_tokens_not_only_masked():
+    G, B, N, K = 2, 2, 3, 4
+    t_cls = torch.arange(G * B * K, dtype=torch.float).view(G * B, K)
+    t_patch = torch.randn(G * B, N, K)
+    loss = IBOTLoss(K, G, center_momentum=0.9)
+    loss.update_center(t_cls, t_patch)
+    torch.testing.assert_close(loss.center, 0.1 * t_cls.mean(0, keepdim=True))
+    torch.testing.assert_close(loss.center2[0, 0], 0.1 * t_patch.reshape(-1, K).mean(0))
+    loss.update_center(t_cls, t_patch)
+    torch.testing.assert_close(loss.center, 0.19 * t_cls.mean(0, keepdim=True))
