@@ -400,7 +400,8 @@ def _check_masking(cfg: PretrainConfig, source: str) -> None:
         return
     depth = int(cfg.model.kwargs.get("depth", 12))
     try:
-        build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=depth)
+        build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=depth,
+                      contrastive=cfg.contrastive is not None)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
 

@@ -248,6 +248,24 @@ def resolve_data(url: str | None) -> tuple[str | None, str | None]:
     raise UserError(f"--data '{url}' has no val/ or test/ folder; expected train/ and val/ shard folders")
 
 
+def check_ray_address(address: str | None) -> None:
+    """Fail fast (a TCP connect, 5 s) when a given Ray cluster address cannot be reached."""
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray cluster address '{address}' should look like HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot reach the Ray cluster at '{address}': {err.strerror or err}") from None
+
+
 def check_tracking(uri: str | None) -> str:
     """Resolve the tracking URI and make sure it can be written (SQLite) or reached (HTTP)."""
     from mimlab.runtime import tracking
@@ -366,6 +384,10 @@ def run_sweep(
         raise UserError(f"profile '{exp.profile_name}' needs --data URL (a folder with train/ and val/ shards)")
     data_train, data_val = resolve_data(data)
     uri = check_tracking(tracking_uri)
+    import ray
+
+    if not ray.is_initialized():
+        check_ray_address(address)
     res = exp.profile.resources
     gpus = res.gpus_per_trial if gpus_per_trial is None else float(gpus_per_trial)
     cpus = res.cpus_per_trial if cpus_per_trial is None else float(cpus_per_trial)
@@ -388,11 +410,15 @@ def run_sweep(
         sweep_dir = f"{root.rstrip('/')}/{prefix}{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
     server = MlflowServer(uri) if uri.startswith("sqlite:///") else None
+    t0 = time.monotonic()
     if server is not None:
-        server.start()
+        server.start()   # starts in the background (~12 s on 2 cores) while Ray comes up
     try:
         ensure_ray(address)
+        echo(f"ray ready ({time.monotonic() - t0:.0f} s)")
         trial_uri = server.wait() if server is not None else uri
+        if server is not None:
+            echo(f"mlflow server for {uri} on {trial_uri} ({time.monotonic() - t0:.0f} s)")
         if exp.profile.caveat:
             echo(exp.profile.caveat)
         parent_id, mlflow_exp = _open_parent(exp, trial_uri, sweep_dir, seeds, previous)
