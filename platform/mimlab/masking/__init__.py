@@ -42,6 +42,17 @@ Strategies (``MASKING.names()``; methods-spec §4.6, §5):
 Per-crop lists reproduce the thesis multi-layer runs: ``["attmask-raw:layer=12", "attmask-raw:layer=5"]`` is
 AttMask-Raw_{5,12} (crop 1 = deepest, methods-spec A2); three entries with ``crops.global_crops: 3`` is
 AttMask-Raw_{3,5,12}.
+
+Decisions worth knowing:
+
+* ``needs_attention`` is True when anything this object computes reads the capture: a crop's mask, or (with
+  ``contrastive=True``) the last-block fallback score for pair selection of crops whose strategy has no score.
+* ``per_batch`` draws one ratio per call, i.e. per global crop; AttMask shares one draw across both crops.
+* ``fixed`` mode: random and attention strategies mask exactly ⌊fixed_ratio·N⌋ cells; ``block`` may undershoot
+  (BEiT growth stops when a round of 10 attempts adds nothing); ``attmask-hint`` uses fixed_ratio for its second draw.
+* Ties in a score are broken towards the lower patch index (stable sort, B7). Counts are ⌊r·N⌋ computed in float64.
+* Randomness: every draw comes from the given ``torch.Generator`` (block growth runs in numpy, seeded from it), so
+  masks are reproducible per generator state and identical whether the capture lives on the CPU or a GPU.
 """
 
 from mimlab.masking import attention_guided, blockwise, from_explainer  # noqa: F401  (register every strategy)
