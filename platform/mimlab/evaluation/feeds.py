@@ -215,9 +215,8 @@ def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, l
         which = which or (split if url is None else None)
         if not augment:
             ds = pipeline.eval_dataset(url, size, split=which, batch_size=batch_size)
-            return ds.limit(limit) if limit is not None else ds
-        ds = pipeline.read_shards(url, split=which, columns=["image", "label", "path"])
-        ds = ds.limit(limit) if limit is not None else ds
+            return _first(ds, limit)
+        ds = _first(pipeline.read_shards(url, split=which, columns=["image", "label", "path"]), limit)
     else:
         records = load_records(url, split=which, limit=limit)
         if any(r.label is None for r in records):
@@ -227,3 +226,11 @@ def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, l
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 16)))
     return ds.map_batches(_decode_transform, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"size": size, "augment": augment, "seed": seed})
+
+
+def _first(ds, limit: int | None):
+    """The first ``limit`` rows in shard order (as the in-process path takes them), or ``ds`` unchanged."""
+    if limit is None:
+        return ds
+    ds.context.execution_options.preserve_order = True
+    return ds.limit(limit)
