@@ -57,6 +57,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
     if kind == "imagefolder":
         items, classes = imagefolder_items(src_fs, src_path, src_text, per_class_limit)
     else:
+        if per_class_limit is not None:
+            raise UserError(f"--per-class-limit needs an ImageFolder tree; '{src_text}' is a flat ImageNet-val folder")
         items = flat_val_items(src_fs, src_path, src_text)
         classes = sorted({os.path.basename(p).split("_", 1)[0] for p, _ in items})
     out_fs, out_path = resolve(out_text)

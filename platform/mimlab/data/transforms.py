@@ -172,7 +172,7 @@ class MultiCrop:
             x = np.asarray(Image.fromarray(np.ascontiguousarray(x)).filter(ImageFilter.GaussianBlur(radius)))
         if rng.random() < solarize_p:
             x = np.where(x >= 128, 255 - x, x)
-        return np.ascontiguousarray(x, dtype=np.uint8)
+        return np.require(x, dtype=np.uint8, requirements=["C", "W"])  # writable: torch.as_tensor-safe
 
 
 def eval_transform(img: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""Multi-crop throughput: the Ray Data pipeline vs a torch DataLoader doing the same decode + crops.
+
+Both read the same shards, decode with :func:`mimlab.data.sources.decode_rgb` and crop with the same
+:class:`mimlab.data.transforms.MultiCrop`, with the same number of CPU workers (Ray: ``num_cpus=W`` and the read +
+crop tasks fused; DataLoader: ``num_workers=W``). Each epoch is timed from the first request to the last batch
+(worker/task start-up included, ``ray.init`` excluded); we print the median images/s of the epochs and the ratio.
+
+    .venv/bin/python bench/data_pipeline.py --data ../shared/datasets/cifar10/train --workers 2 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def _files(url: str, limit_files: int | None) -> list[str]:
+    from mimlab.data.pipeline import shard_files
+
+    _, files = shard_files(url)
+    return files[:limit_files] if limit_files else files
+
+
+class ShardImages:
+    """torch Dataset over the shard rows: decode + MultiCrop in ``__getitem__`` (a fresh RNG per worker)."""
+
+    def __init__(self, files: list[str], cfg) -> None:
+        import pyarrow.parquet as pq
+
+        from mimlab.data.transforms import MultiCrop
+
+        table = pq.read_table(files, columns=["image", "label"]) if len(files) == 1 else None
+        if table is None:
+            import pyarrow as pa
+
+            table = pa.concat_tables([pq.read_table(f, columns=["image", "label"]) for f in files])
+        self.images = table.column("image").to_pylist()
+        self.labels = table.column("label").to_numpy()
+        self.crop = MultiCrop(cfg)
+        self.rng = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        from mimlab.data.sources import decode_rgb
+
+        if self.rng is None:
+            self.rng = np.random.default_rng()
+        out = self.crop(decode_rgb(self.images[i]), self.rng)
+        out["label"] = self.labels[i]
+        return out
+
+
+def bench_dataloader(files, cfg, workers: int, batch: int, epochs: int) -> list[float]:
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardImages(files, cfg)
+    rates = []
+    for _ in range(epochs):
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True)
+        start, seen = time.perf_counter(), 0
+        for b in loader:
+            seen += len(b["label"])
+        rates.append(seen / (time.perf_counter() - start))
+    return rates
+
+
+def bench_ray(files, cfg, workers: int, batch: int, epochs: int) -> tuple[list[float], int]:
+    from mimlab.data.pipeline import multicrop_dataset
+    from mimlab.runtime.ray_env import ensure_ray
+
+    ensure_ray(num_cpus=workers)
+    ds = multicrop_dataset(files[0] if len(files) == 1 else os.path.dirname(files[0]), cfg, batch_size=batch)
+    rates, seen = [], 0
+    for _ in range(epochs):
+        start, seen = time.perf_counter(), 0
+        for b in ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2):
+            seen += len(b["label"])
+        rates.append(seen / (time.perf_counter() - start))
+    return rates, seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join("..", "shared", "datasets", "cifar10", "train"))
+    parser.add_argument("--files", type=int, default=1, help="how many shard files to read (0 = all)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--global-size", type=int, default=32)
+    parser.add_argument("--local-size", type=int, default=16)
+    parser.add_argument("--local-crops", type=int, default=4)
+    args = parser.parse_args()
+
+    from mimlab.data.transforms import MultiCropConfig
+    from mimlab.runtime.ray_env import apply_default_env
+
+    apply_default_env()
+    cfg = MultiCropConfig(global_crops=2, global_size=args.global_size, local_crops=args.local_crops,
+                          local_size=args.local_size)
+    files = _files(args.data, args.files or None)
+    if args.files and len(files) > 1:
+        raise SystemExit("--files > 1 needs them in their own folder; use 1 or 0 (all)")
+    print(f"data: {args.data} ({len(files)} shard file(s)); crops: 2×{cfg.global_size}px + "
+          f"{cfg.local_crops}×{cfg.local_size}px; workers: {args.workers}; batch {args.batch}; "
+          f"epochs {args.epochs}", flush=True)
+    dl = bench_dataloader(files, cfg, args.workers, args.batch, args.epochs)
+    print(f"torch DataLoader : epochs {', '.join(f'{r:.0f}' for r in dl)} img/s; "
+          f"median {statistics.median(dl):.0f} img/s", flush=True)
+    ray_rates, n = bench_ray(files, cfg, args.workers, args.batch, args.epochs)
+    print(f"Ray Data pipeline: epochs {', '.join(f'{r:.0f}' for r in ray_rates)} img/s; "
+          f"median {statistics.median(ray_rates):.0f} img/s ({n} images/epoch)", flush=True)
+    print(f"ratio Ray Data / DataLoader (medians): {statistics.median(ray_rates) / statistics.median(dl):.2f}×"
+          "  (target ≥ 1.0×)")
+
+
+if __name__ == "__main__":
+    main()
