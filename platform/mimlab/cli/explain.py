@@ -1,1 +1,40 @@
 """``platform explain`` — saliency maps for one-off explanations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mimlab.cli.common import user_errors
+
+
+@user_errors
+def explain(
+    images: Annotated[list[Path], typer.Argument(help="image files (JPEG/PNG)", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="timm name, pretrain checkpoint dir, or pkg.mod:fn")],
+    weights: Annotated[Path | None, typer.Option(help="local weights (.pth/.pt/.th/.safetensors)")] = None,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", help="method spec name[:key=value,...], 1-based layers, e.g. rollout:layers=9-12 (repeat)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every method that fits the model")] = False,
+    img_size: Annotated[int | None, typer.Option(help="input side in px (default: the model's)")] = None,
+    target: Annotated[int | None, typer.Option(help="class to explain (default: the top-1 prediction)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the overlays and grid.png")] = Path("explanations"),
+    save_maps: Annotated[Path | None, typer.Option(help="write maps to this .npz: one [N,H,W] array per spec")] = None,
+    mean: Annotated[list[float] | None, typer.Option(help="override normalisation mean (3 values, repeat)")] = None,
+    std: Annotated[list[float] | None, typer.Option(help="override normalisation std (3 values, repeat)")] = None,
+    channel_order: Annotated[str, typer.Option(help="rgb, or bgr_legacy to replicate thesis bug B1")] = "rgb",
+    student: Annotated[bool, typer.Option(help="pretrain checkpoints: explain the student, not the teacher")] = False,
+) -> None:
+    """Explain images: print the top-5, write one overlay per (image, method), a grid and optionally an .npz."""
+    from mimlab.explain.run import explain_images
+
+    explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,
+                   img_size=img_size, target=target, out=out, save_maps=save_maps, mean=mean, std=std,
+                   channel_order=channel_order, student=student, echo=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``explain`` command to the ``platform`` app."""
+    app.command("explain")(explain)

@@ -8,6 +8,8 @@ reshaped to the patch grid of the input (prefix tokens dropped, nothing hard-cod
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,7 +88,7 @@ class CamExplainer(Explainer):
             cam_targets = [ClassifierOutputTarget(int(t)) for t in torch.as_tensor(targets).reshape(-1)]
         with engine_cls(model=self.model, target_layers=[self.layer], reshape_transform=self.reshape) as cam:
             cam.batch_size = self.batch_size
-            with torch.enable_grad():
+            with torch.enable_grad(), contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's tqdm bars
                 maps = cam(input_tensor=images, targets=cam_targets)
         self.model.zero_grad(set_to_none=True)
         return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))

@@ -1,0 +1,170 @@
+"""``platform explain`` as an importable function: load, preprocess, explain, print top-5, write files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimlab.errors import UserError
+from mimlab.explain.base import EXPLAINERS, build_explainer
+from mimlab.explain.many import explain_many
+from mimlab.explain.render import overlay, save_grid, save_png, slug
+from mimlab.models.loading import LoadedModel, load_model
+
+CHANNEL_ORDERS = ("rgb", "bgr_legacy")
+
+
+@dataclass
+class ExplainResult:
+    """What a run produced: per-spec maps ``[num_images,H,W]``, top-5 per image, and the written files."""
+
+    maps: dict[str, np.ndarray]
+    top5: list[list[tuple[int, float]]]
+    files: list[Path]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 [H,W,3] RGB; a missing or undecodable file is a :class:`UserError`."""
+    if not path.is_file():
+        raise UserError(f"image '{path}' does not exist")
+    try:
+        from mimlab.data.sources import decode_rgb
+    except ImportError:  # the data package is optional for explanation
+        decode_rgb = None
+    data = path.read_bytes()
+    try:
+        if decode_rgb is not None:
+            return decode_rgb(data)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Exception as err:  # noqa: BLE001 - any decode failure is a bad input file
+        raise UserError(f"image '{path}' is unreadable: {err}") from None
+
+
+def preprocess(
+    images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb"
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Resize directly to ``size``×``size`` (bilinear, no crop, as the thesis) and normalise.
+
+    Returns:
+        (uint8 [B,S,S,3] resized RGB for display, float tensor [B,3,S,S] normalised model input).
+        ``bgr_legacy`` feeds channel-swapped images (thesis bug B1) while displaying RGB.
+    """
+    from PIL import Image
+
+    resized = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+    fed = resized[..., ::-1] if channel_order == "bgr_legacy" else resized
+    x = torch.from_numpy(np.ascontiguousarray(fed)).float().div_(255).permute(0, 3, 1, 2)  # [B,S,S,3] -> [B,3,S,S]
+    m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+    return resized, (x - m) / s
+
+
+def default_methods(loaded: LoadedModel, all_methods: bool) -> list[str]:
+    """Every registered method that fits the model (``--all``), else Grad-CAM (CNN) / Raw (ViT)."""
+    if all_methods:
+        return [n for n in EXPLAINERS.names() if loaded.kind == "vit" or not EXPLAINERS.get(n).vit_only]
+    return ["raw"] if loaded.kind == "vit" else ["gradcam"]
+
+
+def class_name(index: int, num_classes: int) -> str:
+    if num_classes == 1000:
+        try:
+            from timm.data import ImageNetInfo
+
+            return ImageNetInfo().index_to_description(index)
+        except Exception:  # noqa: BLE001 - names are decoration only
+            pass
+    return f"class {index}"
+
+
+def explain_images(
+    *,
+    images: Sequence[Path],
+    model: str,
+    weights: Path | None = None,
+    methods: Sequence[str] = (),
+    all_methods: bool = False,
+    img_size: int | None = None,
+    target: int | None = None,
+    out: Path = Path("explanations"),
+    save_maps: Path | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channel_order: str = "rgb",
+    student: bool = False,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> ExplainResult:
+    """Explain each image with each method; print the top-5 and write overlays, the grid and optionally an .npz.
+
+    The npz holds, for each method spec exactly as given, float32 ``[num_images, H, W]`` in [0,1], images in order.
+    """
+    if not images:
+        raise UserError("give at least one IMAGE")
+    if channel_order not in CHANNEL_ORDERS:
+        raise UserError(f"--channel-order must be one of {', '.join(CHANNEL_ORDERS)}, got '{channel_order}'")
+    for name, stat in (("--mean", mean), ("--std", std)):
+        if stat is not None and len(stat) != 3:
+            raise UserError(f"{name} needs 3 values (R G B), got {len(stat)}")
+    if std is not None and any(v <= 0 for v in std):
+        raise UserError("--std values must be > 0")
+    raw_images = [read_image(Path(p)) for p in images]  # fail on a bad file before loading the model
+    loaded = load_model(model, weights, img_size=img_size, student=student)
+    size = int(img_size or loaded.img_size)
+    specs = list(dict.fromkeys(methods)) or default_methods(loaded, all_methods)
+    if methods and all_methods:
+        specs += [m for m in default_methods(loaded, True) if m not in specs]
+    explainers = {s: build_explainer(s, loaded) for s in specs}  # validate every spec before any work
+    display, batch = preprocess(raw_images, size, mean or loaded.mean, std or loaded.std, channel_order)
+
+    with torch.no_grad():
+        probs = loaded.module(batch).softmax(-1)
+    num_classes = probs.shape[-1]
+    if target is not None and not 0 <= target < num_classes:
+        raise UserError(f"--target {target} is outside 0..{num_classes - 1} (the model has {num_classes} outputs)")
+    top = probs.topk(min(5, num_classes), dim=-1)
+    top5 = [list(zip(i.tolist(), p.tolist())) for i, p in zip(top.indices, top.values)]
+    for path, preds in zip(images, top5):
+        echo(f"{Path(path).name}: " + "; ".join(f"{class_name(i, num_classes)} ({p:.3f})" for i, p in preds))
+
+    maps: dict[str, list[np.ndarray]] = {s: [] for s in specs}
+    order = range(len(images))
+    if progress and len(images) > 1:
+        from rich.progress import track
+
+        order = track(order, description="explaining", transient=True, console=None)
+    for i in order:
+        tgt = torch.tensor([target]) if target is not None else None
+        per = explain_many(loaded, batch[i : i + 1], list(explainers.values()), tgt)
+        for s in specs:
+            maps[s].append(per[s][0].numpy().astype(np.float32))
+    stacked = {s: np.stack(v).astype(np.float32) for s, v in maps.items()}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for i, path in enumerate(images):
+        for s in specs:
+            f = out / f"{Path(path).stem}__{slug(s)}.png"
+            save_png(overlay(display[i], stacked[s][i]), f)
+            files.append(f)
+    grid = out / "grid.png"
+    save_grid(list(display), [Path(p).name for p in images], stacked, grid)
+    files.append(grid)
+    if save_maps is not None:
+        save_maps = Path(save_maps)
+        save_maps.parent.mkdir(parents=True, exist_ok=True)
+        with open(save_maps, "wb") as fh:  # a file handle keeps numpy from appending '.npz'
+            np.savez(fh, **stacked)
+        files.append(save_maps)
+    pictures = len(files) - (save_maps is not None)
+    print(f"wrote {pictures} images to {out}" + (f" and maps to {save_maps}" if save_maps else ""), file=sys.stderr)
+    return ExplainResult(stacked, top5, files)
