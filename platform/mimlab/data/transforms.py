@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _BICUBIC = Image.Resampling.BICUBIC
@@ -86,51 +86,39 @@ def _resized_crop(img: np.ndarray, box: tuple[int, int, int, int], size: int) ->
     return Image.fromarray(img).resize((size, size), _BICUBIC, box=(left, top, left + w, top + h))
 
 
-def _rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    maxc, minc = x.max(-1), x.min(-1)
-    v, delta = maxc, maxc - minc
-    s = np.where(maxc > 0, delta / np.maximum(maxc, 1e-12), 0.0)
-    safe = np.maximum(delta, 1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    return h, s, v
+def jitter_op(img: Image.Image, op: str, factor: float) -> Image.Image:
+    """One ColorJitter adjustment on a PIL RGB image, as torchvision does it on PIL images.
+
+    ``op`` is ``"brightness"``/``"contrast"``/``"saturation"`` (blend factor) or ``"hue"`` (shift in turns,
+    applied to the uint8 hue channel modulo 256).
+    """
+    if op == "brightness":
+        return ImageEnhance.Brightness(img).enhance(factor)
+    if op == "contrast":
+        return ImageEnhance.Contrast(img).enhance(factor)
+    if op == "saturation":
+        return ImageEnhance.Color(img).enhance(factor)
+    h, s, v = img.convert("HSV").split()
+    shifted = (np.asarray(h, dtype=np.int16) + int(factor * 255)) % 256  # [H,W] uint8 hue, wrapped
+    return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.astype(np.int64) % 6
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-1)  # 3×[H,W] -> [H,W,3]
+_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
-def _gray(x: np.ndarray) -> np.ndarray:
-    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114  # [H,W,3] -> [H,W]
+def color_jitter(img: Image.Image, rng: np.random.Generator, brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.2, hue: float = 0.1) -> Image.Image:
+    """torchvision-style ColorJitter on a PIL RGB image: the four adjustments in a random order.
 
-
-def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.4, contrast: float = 0.4,
-                 saturation: float = 0.2, hue: float = 0.1) -> np.ndarray:
-    """torchvision-style ColorJitter on ``uint8 [H,W,3]``: the four adjustments in a random order."""
-    x = img.astype(np.float32) / 255.0
-    factors = {"b": rng.uniform(1 - brightness, 1 + brightness), "c": rng.uniform(1 - contrast, 1 + contrast),
-               "s": rng.uniform(1 - saturation, 1 + saturation), "h": rng.uniform(-hue, hue)}
-    for op in rng.permutation(["b", "c", "s", "h"]):
-        f = factors[op]
-        if op == "b":
-            x = np.clip(x * f, 0, 1)
-        elif op == "c":
-            x = np.clip(f * x + (1 - f) * _gray(x).mean(), 0, 1)
-        elif op == "s":
-            x = np.clip(f * x + (1 - f) * _gray(x)[..., None], 0, 1)
-        else:
-            h, s, v = _rgb_to_hsv(x)
-            x = _hsv_to_rgb((h + f) % 1.0, s, v)
-    return (x * 255.0 + 0.5).astype(np.uint8)
+    Factors are drawn first (brightness, contrast, saturation from ``U(1-x, 1+x)``, hue from ``U(-hue, hue)``),
+    then the order.
+    """
+    factors = (rng.uniform(1 - brightness, 1 + brightness), rng.uniform(1 - contrast, 1 + contrast),
+               rng.uniform(1 - saturation, 1 + saturation), rng.uniform(-hue, hue))
+    for k in rng.permutation(4):
+        if factors[k] != (0.0 if k == 3 else 1.0):
+            img = jitter_op(img, _JITTER_OPS[k], factors[k])
+    return img
 
 
 class MultiCrop:
@@ -159,20 +147,17 @@ class MultiCrop:
         return out
 
     def _augment(self, crop: Image.Image, rng: np.random.Generator, blur_p: float, solarize_p: float) -> np.ndarray:
-        x = np.asarray(crop)
         if rng.random() < 0.5:
-            x = x[:, ::-1]
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if rng.random() < 0.8:
-            x = color_jitter(x, rng)
+            crop = color_jitter(crop, rng)
         if rng.random() < 0.2:
-            g = (_gray(x.astype(np.float32)) + 0.5).astype(np.uint8)
-            x = np.repeat(g[..., None], 3, axis=-1)  # [S,S] -> [S,S,3]
+            crop = crop.convert("L").convert("RGB")  # ITU-R 601-2 luma, as torchvision's Grayscale on PIL
         if rng.random() < blur_p:
-            radius = rng.uniform(*self.cfg.blur_radius)
-            x = np.asarray(Image.fromarray(np.ascontiguousarray(x)).filter(ImageFilter.GaussianBlur(radius)))
+            crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(*self.cfg.blur_radius)))
         if rng.random() < solarize_p:
-            x = np.where(x >= 128, 255 - x, x)
-        return np.require(x, dtype=np.uint8, requirements=["C", "W"])  # writable: torch.as_tensor-safe
+            crop = ImageOps.solarize(crop, threshold=128)  # values >= 128 inverted
+        return np.array(crop, dtype=np.uint8)  # [S,S,3], a writable copy
 
 
 def eval_transform(img: np.ndarray, size: int) -> np.ndarray:
