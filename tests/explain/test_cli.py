@@ -1,0 +1,107 @@
+"""``platform explain`` end to end on real photographs (shipped with scikit-image) with a tiny ViT checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from mimlab.cli import app
+from mimlab.models.vit import create_backbone
+
+KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("explain-cli")
+    Image.fromarray(skimage.data.chelsea()).save(root / "chelsea.png")
+    Image.fromarray(skimage.data.astronaut()).save(root / "astronaut.jpg")
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    model = create_backbone("vit_tiny_patch16_224", **KW)
+    for name in ("teacher_backbone.safetensors", "student_backbone.safetensors"):
+        save_file(model.state_dict(), str(ckpt / name))
+    (ckpt / "backbone.json").write_text(json.dumps({"timm_name": "vit_tiny_patch16_224", "kwargs": KW,
+                                                    "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                                    "epoch": 1}))
+    return root
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["explain", *map(str, args)])
+
+
+def test_explain_writes_overlays_grid_and_npz(files, tmp_path):
+    methods = ["raw:layer=2", "rollout:layers=1-3,order=ascending", "gradcam"]
+    out = tmp_path / "out"
+    npz = tmp_path / "maps.npz"
+    args = [files / "chelsea.png", files / "astronaut.jpg", "--model", files / "ckpt", "--out", out,
+            "--save-maps", npz]
+    for m in methods:
+        args += ["--method", m]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.stdout.splitlines() if l.startswith(("chelsea.png:", "astronaut.jpg:"))]
+    assert len(lines) == 2 and all(l.count("(") == 5 for l in lines)  # top-5 per image
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "grid.png" in pngs and len(pngs) == 2 * len(methods) + 1
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[1] > grid.shape[0]  # 4 columns x 2 rows
+    with np.load(npz) as data:
+        assert list(data.keys()) == methods  # spec text exactly as given, in order
+        for m in methods:
+            arr = data[m]
+            assert arr.dtype == np.float32 and arr.shape == (2, 32, 32)
+            assert arr.min() >= 0 and arr.max() <= 1 and np.isfinite(arr).all()
+        assert not np.allclose(data[methods[0]][0], data[methods[0]][1])  # two different photographs
+
+
+def test_all_methods_and_img_size(files, tmp_path):
+    npz = tmp_path / "all.npz"
+    result = _run(files / "chelsea.png", "--model", files / "ckpt", "--all", "--img-size", 48, "--target", 3,
+                  "--out", tmp_path / "o", "--save-maps", npz)
+    assert result.exit_code == 0, result.output
+    from mimlab.explain import EXPLAINERS
+
+    with np.load(npz) as data:
+        assert sorted(data.keys()) == EXPLAINERS.names()
+        assert all(data[k].shape == (1, 48, 48) for k in data.keys())
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--method", "rolout"], "did you mean 'rollout'"),
+        (["--method", "raw:layer=7"], "layer 7 is outside 1..3"),
+        (["--target", "99"], "--target 99 is outside 0..9"),
+        (["--mean", "0.5"], "--mean needs 3 values"),
+    ],
+)
+def test_bad_options_exit_2_one_line(files, tmp_path, extra, match):
+    result = _run(files / "chelsea.png", "--model", files / "ckpt", "--out", tmp_path, *extra)
+    assert result.exit_code == 2
+    assert match in result.output and "Traceback" not in result.output
+
+
+def test_bad_files_and_models(files, tmp_path):
+    missing = _run(tmp_path / "nope.jpg", "--model", files / "ckpt")
+    assert missing.exit_code == 2 and "image" in missing.output and "does not exist" in missing.output
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    bad = _run(tmp_path / "bad.png", "--model", files / "ckpt")
+    assert bad.exit_code == 2 and "unreadable" in bad.output
+    custom = _run(files / "chelsea.png", "--model", "no_such_pkg_q.models:build")
+    assert custom.exit_code == 2 and "cannot import module 'no_such_pkg_q.models'" in custom.output
+    w = tmp_path / "w.pth"
+    torch.save(create_backbone("resnet18", num_classes=3).state_dict(), w)
+    mismatch = _run(files / "chelsea.png", "--model", "resnet34", "--weights", w, "--img-size", 32)
+    assert mismatch.exit_code == 2 and "tensor 'layer1.2.conv1.weight'" in mismatch.output
+    assert "Traceback" not in mismatch.output
