@@ -8,7 +8,7 @@ Both run, in the same invocation, on the same random L2-normalised features (def
               weighted vote per k (what a first implementation does).
 
 Each implementation runs in its own child process so that its peak memory is its own: peak RSS (``ru_maxrss``)
-minus the RSS after the features were created. Prints median wall time over ``--repeats``, the speed ratio
+minus the RSS after the features were created (with ``--device cuda``: peak minus current CUDA allocation). Prints median wall time over ``--repeats``, the speed ratio
 (reference / ours), both peak memories and whether the top-1/top-5 results are identical for every k.
 
     python bench/knn.py                      # the setting (≈ 8 GB for the reference on CPU)
@@ -51,7 +51,7 @@ def reference_knn(tr, tr_y, te, te_y, ks, temperature, classes):
     for k in ks:
         w = (sims[:, :k] / temperature).exp()  # [Nq,k]
         labels = tr_y[order[:, :k]]  # [Nq,k]
-        scores = torch.zeros(te.shape[0], classes).scatter_add_(1, labels, w)  # [Nq,C]
+        scores = torch.zeros(te.shape[0], classes, device=te.device).scatter_add_(1, labels, w)  # [Nq,C]
         top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :5]
         correct = top.eq(te_y[:, None])
         out[k] = {"top1": 100.0 * int(correct[:, 0].sum()) / len(te_y),
@@ -66,8 +66,14 @@ def _rss_mb() -> float:
 
 def _child(which: str, args: dict, queue) -> None:
     torch.set_num_threads(args["threads"])
-    tr, tr_y, te, te_y = make_data(args["bank"], args["queries"], args["dim"], args["classes"])
+    device = torch.device(args["device"])
+    tr, tr_y, te, te_y = (t.to(device) for t in make_data(args["bank"], args["queries"], args["dim"],
+                                                           args["classes"]))
     base = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
     if which == "ours":
         from mimlab.evaluation.knn import knn_classify
 
@@ -77,8 +83,12 @@ def _child(which: str, args: dict, queue) -> None:
     else:
         t0 = time.perf_counter()
         res = reference_knn(tr, tr_y, te, te_y, KS, 0.07, args["classes"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20  # device memory is what grows on a GPU
     queue.put({"seconds": seconds, "peak_mb": peak - base, "results": {str(k): v for k, v in res.items()}})
 
 
@@ -102,10 +112,11 @@ def main() -> None:
     p.add_argument("--bank-chunk", type=int, default=65536, help="bank rows per similarity block (ours)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
     a = p.parse_args()
     args = vars(a)
     print(f"k-NN bench: bank {a.bank} x {a.dim}, {a.queries} queries, {a.classes} classes, k={KS}, "
-          f"threads={a.threads}, repeats={a.repeats}", flush=True)
+          f"device={a.device}, threads={a.threads}, repeats={a.repeats}", flush=True)
     runs = {"ours": [], "reference": []}
     for _ in range(a.repeats):
         for which in runs:
