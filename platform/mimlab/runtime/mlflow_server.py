@@ -76,9 +76,11 @@ class MlflowServer:
                                       start_new_session=True)
         return self
 
-    def wait(self, timeout: float = 90.0) -> str:
-        """Poll ``/health`` until the server answers; returns its URL."""
+    def wait(self, timeout: float | None = None) -> str:
+        """Poll ``/health`` until the server answers (``$MIMLAB_MLFLOW_START_TIMEOUT``, default 240 s); its URL."""
         assert self._proc is not None, "start() first"
+        if timeout is None:
+            timeout = float(os.environ.get("MIMLAB_MLFLOW_START_TIMEOUT", "240"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
