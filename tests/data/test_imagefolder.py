@@ -79,3 +79,11 @@ def test_cli_synth_twice_identical(tmp_path):
         assert res.exit_code == 0, res.output
     for f in ("train/part-00000.parquet", "val/part-00000.parquet"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_info_counts_all_labels_but_samples_sizes(small_synth):
+    info = dataset_info(small_synth, sample=5)["splits"]
+    assert sorted(info) == ["train", "val"]
+    assert info["train"]["images"] == 48 and info["train"]["per_class"] == {0: 12, 1: 12, 2: 12, 3: 12}
+    assert info["train"]["sizes"] == {"32x32": 5} and info["train"]["sized"] == 5
+    assert info["val"]["class_names"] == ["circle", "square", "triangle", "star"] and info["val"]["with_mask"]

@@ -48,11 +48,10 @@ def test_seeded_pipeline_repeats_and_plain_path_equals_file_url(ray_local, small
     a, _ = _epoch(multicrop_dataset(small_synth / "train", CFG, seed=1, batch_size=16))
     b, _ = _epoch(multicrop_dataset(f"file://{small_synth}/train", CFG, seed=1, batch_size=16, workers=1))
     assert _digests(a["local_1"]) == _digests(b["local_1"])
-    rows_plain = read_shards(small_synth / "val").take_all()
     rows_url = read_shards(f"file://{small_synth}", split="val").take_all()
-    assert len(rows_plain) == 12
-    assert sorted(r["path"] for r in rows_plain) == sorted(r["path"] for r in rows_url)
-    assert {"image", "label", "path", "mask"} <= set(rows_plain[0])
+    expected = pq.read_table(small_synth / "val" / "part-00000.parquet").to_pylist()  # plain pyarrow read
+    assert sorted((r["path"], r["label"], r["image"], r["mask"]) for r in rows_url) == sorted(
+        (r["path"], r["label"], r["image"], r["mask"]) for r in expected)
 
 
 def test_corrupt_images_are_skipped_and_counted(ray_local, small_synth, tmp_path):
@@ -80,3 +79,12 @@ def test_bad_inputs_fail_before_ray_work(tmp_path):
                    tmp_path / "p.parquet")
     with pytest.raises(UserError, match="no 'path' column"):
         eval_dataset(tmp_path / "p.parquet", 8)
+
+
+def test_root_with_splits_defaults_train_for_training_val_for_eval(small_synth):
+    from mimlab.data.pipeline import shard_files
+
+    _, train = shard_files(small_synth)
+    _, val = shard_files(f"file://{small_synth}", default_split="val")
+    assert [f.rsplit("/", 2)[1] for f in train] == ["train"] * 3
+    assert [f.rsplit("/", 2)[1] for f in val] == ["val"]

@@ -61,12 +61,13 @@ def shard(
 @user_errors
 def info(
     url: Annotated[Optional[str], typer.Argument(help="shard folder/file or dataset root; default: embedded")] = None,
+    sample: Annotated[int, typer.Option(help="read image sizes from the first N images per split (0 = all)")] = 5000,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Counts, classes, image sizes and bytes of a shard dataset."""
     from mimlab.data.info import dataset_info, format_info
 
-    summary = dataset_info(url)
+    summary = dataset_info(url, sample=sample or None)
     typer.echo(json.dumps(summary, indent=1) if as_json else format_info(summary))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, UnidentifiedImageError
 
@@ -80,7 +81,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         if out_fs.exists(target):
             skipped += 1
         else:
-            images = [_encoded(src_fs, p, resize) for p, _ in chunk]
+            with ThreadPoolExecutor(max_workers=8) as pool:  # file reads and PIL decoding release the GIL
+                images = list(pool.map(lambda item: _encoded(src_fs, item[0], resize), chunk))
             paths = [os.path.relpath(p, src_path) for p, _ in chunk]
             write_shard(out_fs, target, records_table(images, [label for _, label in chunk], paths))
             written += 1

@@ -6,20 +6,25 @@ import io
 import os
 from collections import Counter
 
+import pyarrow.parquet as pq
 from PIL import Image
 
 from mimlab.data.fs import join, list_shards, read_json, resolve
 from mimlab.data.schema import CLASSES_FILE
-from mimlab.data.shards import iter_tables
+from mimlab.data.schema import check_schema
+from mimlab.data.shards import iter_tables, read_schema
 from mimlab.errors import UserError
 
 
-def dataset_info(url: str | os.PathLike | None = None) -> dict:
+def dataset_info(url: str | os.PathLike | None = None, *, sample: int | None = 5000) -> dict:
     """Describe the shards at ``url`` (a shard folder/file, or a root with split subfolders; ``None`` ⇒ embedded).
+
+    Counts come from the ``label`` column of every shard; image sizes from the headers of the first ``sample``
+    images per split (``None`` ⇒ all), so a large dataset is not read in full.
 
     Returns:
         ``{"url", "splits": {name: {"files", "images", "bytes", "classes", "class_names", "per_class",
-        "sizes", "with_mask"}}}``; ``sizes`` maps ``"HxW"`` to a count over every image header.
+        "sizes", "sized", "with_mask"}}}``; ``sizes`` maps ``"HxW"`` to a count over ``sized`` images.
     """
     if url is None:
         from mimlab.data.synth import default_dataset
@@ -35,30 +40,38 @@ def dataset_info(url: str | os.PathLike | None = None) -> dict:
         has_files = any(p.endswith(".parquet") for p in fs.ls(path, detail=False))
         if subdirs and not has_files:
             for name in subdirs:
-                splits[name] = _split_info(fs, join(fs, path, name), f"{text.rstrip('/')}/{name}")
+                splits[name] = _split_info(fs, join(fs, path, name), f"{text.rstrip('/')}/{name}", sample)
     if not splits:
-        splits["."] = _split_info(fs, path, text)
+        splits["."] = _split_info(fs, path, text, sample)
     return {"url": text, "splits": splits}
 
 
-def _split_info(fs, path: str, url: str) -> dict:
+def _split_info(fs, path: str, url: str, sample: int | None) -> dict:
     files = list_shards(fs, path, url)
     per_class: Counter = Counter()
     sizes: Counter = Counter()
     images = 0
     with_mask = False
-    for _, table in iter_tables(fs, files, columns=["image", "label", "mask"]):
-        with_mask = with_mask or "mask" in table.column_names
+    for _, table in iter_tables(fs, files, columns=["label"]):
         per_class.update(table.column("label").to_pylist())
-        for data in table.column("image").to_pylist():
-            sizes[_size(data)] += 1
         images += table.num_rows
     if images == 0:
         raise UserError(f"'{url}' holds no images (empty dataset)")
+    for f in files:
+        if sample is not None and sum(sizes.values()) >= sample:
+            break
+        with_mask = with_mask or check_schema(read_schema(fs, f), f)
+        with fs.open(f, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                for data in parquet.read_row_group(group, columns=["image"]).column("image").to_pylist():
+                    if sample is not None and sum(sizes.values()) >= sample:
+                        break
+                    sizes[_size(data)] += 1
     names = read_json(fs, join(fs, path, CLASSES_FILE)) if fs.isdir(path) else None
     return {"files": len(files), "images": images, "bytes": sum(fs.size(f) for f in files),
             "classes": len(per_class), "class_names": names, "per_class": dict(sorted(per_class.items())),
-            "sizes": dict(sizes.most_common()), "with_mask": with_mask}
+            "sizes": dict(sizes.most_common()), "sized": sum(sizes.values()), "with_mask": with_mask}
 
 
 def _size(data: bytes) -> str:
@@ -81,5 +94,6 @@ def format_info(info: dict) -> str:
         names = s["class_names"]
         shown = f" ({', '.join(names[:10])}{' …' if len(names) > 10 else ''})" if names else ""
         lines.append(f"  classes: {s['classes']}{shown}  per class: min {min(counts)} max {max(counts)}")
-        lines.append(f"  image sizes (HxW): {sizes}{' …' if len(s['sizes']) > 5 else ''}")
+        note = "" if s["sized"] == s["images"] else f" (first {s['sized']} images)"
+        lines.append(f"  image sizes (HxW){note}: {sizes}{' …' if len(s['sizes']) > 5 else ''}")
     return "\n".join(lines)

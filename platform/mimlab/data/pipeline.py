@@ -27,24 +27,26 @@ _COUNTER_NAME = "mimlab-data-skips"
 _COUNTER_NAMESPACE = "mimlab"
 
 
-def shard_files(url: str | os.PathLike | None, split: str | None = None) -> tuple[Any, list[str]]:
+def shard_files(url: str | os.PathLike | None, split: str | None = None, default_split: str = "train",
+                ) -> tuple[Any, list[str]]:
     """``(fsspec_fs, files)`` of the shards at ``url`` (``None`` ⇒ embedded dataset), schemas checked.
+
+    On a root with ``train/`` and ``val/``, ``split=None`` picks ``default_split``.
 
     Raises:
         UserError: missing path, no shards (empty dataset), a shard missing a column, a non-shard source.
     """
-    from mimlab.data.sources import _pick_split
+    from mimlab.data.sources import pick_split
 
     if url is None:
         from mimlab.data.synth import default_dataset
 
         url = default_dataset()
-        split = split or "train"
     text = os.fspath(url)
     fs, path = resolve(text)
     if not fs.exists(path):
         raise UserError(f"no such file or folder: '{text}'")
-    path, text = _pick_split(fs, path, text, split)
+    path, text = pick_split(fs, path, text, split, default_split)
     if source_kind(fs, path, text) != "shards":
         raise UserError(f"'{text}' is an image folder, not shards; convert it with `platform data shard`")
     files = list_shards(fs, path, text)
@@ -54,7 +56,7 @@ def shard_files(url: str | os.PathLike | None, split: str | None = None) -> tupl
 
 
 def read_shards(url: str | os.PathLike | None, *, split: str | None = None, columns: list[str] | None = None,
-                shuffle_files: bool = False):
+                shuffle_files: bool = False, default_split: str = "train"):
     """Read shards as a lazy ``ray.data.Dataset`` (rows: ``image`` bytes, ``label``, ``path`` [, ``mask``]).
 
     Args:
@@ -62,12 +64,13 @@ def read_shards(url: str | os.PathLike | None, *, split: str | None = None, colu
             ``None`` for the embedded dataset.
         columns: columns to read (default: all).
         shuffle_files: shuffle the file order each epoch.
+        default_split: the split read from a root with ``train/``/``val/`` when ``split`` is ``None``.
     """
     import ray
 
     from mimlab.runtime.ray_env import ensure_ray
 
-    fs, files = shard_files(url, split)
+    fs, files = shard_files(url, split, default_split)
     ensure_ray()
     return ray.data.read_parquet(files, filesystem=to_pyarrow(fs), columns=columns,
                                  shuffle="files" if shuffle_files else None)
@@ -79,7 +82,7 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
     """Shards → iBOT multi-crop views, streamed.
 
     Args:
-        url: see :func:`read_shards`.
+        url: see :func:`read_shards` (a root with splits defaults to ``train/``).
         cfg: crop settings (default :class:`MultiCropConfig()`).
         seed: ``None`` ⇒ fresh random crops on every pass; an int ⇒ each image's crops are a function of
             ``(seed, path)`` (identical on every pass; for tests and debugging).
@@ -100,11 +103,12 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
 
 def eval_dataset(url: str | os.PathLike | None, size: int, *, split: str | None = None, batch_size: int = 64,
                  workers: int | None = None, tag: str | None = None):
-    """Shards → deterministic eval views: ``image`` ``uint8 [size,size,3]`` (resize + centre crop), ``label``, ``path``."""
+    """Shards → deterministic eval views: ``image`` ``uint8 [size,size,3]`` (resize + centre crop), ``label``, ``path``.
+
+    A root with ``train/``/``val/`` (and ``url=None``, the embedded dataset) defaults to ``val/``.
+    """
     tag = tag or f"eval-{uuid.uuid4().hex[:8]}"
-    if split is None and url is None:
-        split = "val"
-    ds = read_shards(url, split=split, columns=["image", "label", "path"])
+    ds = read_shards(url, split=split, columns=["image", "label", "path"], default_split="val")
     out = _map(ds, _EvalBatch, dict(size=size, tag=tag), batch_size, workers)
     out.skip_tag = tag
     return out

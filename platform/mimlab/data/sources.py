@@ -100,7 +100,7 @@ def load_records(src: str | os.PathLike | None = None, *, split: str | None = No
     fs, path = resolve(url)
     if not fs.exists(path):
         raise UserError(f"no such file or folder: '{url}'")
-    path, url = _pick_split(fs, path, url, split)
+    path, url = pick_split(fs, path, url, split)
     if limit is not None and limit < 0:
         raise UserError(f"limit must be >= 0, got {limit}")
     kind = source_kind(fs, path, url)
@@ -115,7 +115,9 @@ def load_records(src: str | os.PathLike | None = None, *, split: str | None = No
     return records
 
 
-def _pick_split(fs, path: str, url: str, split: str | None) -> tuple[str, str]:
+def pick_split(fs, path: str, url: str, split: str | None, default: str = "val") -> tuple[str, str]:
+    """``(path, url)`` of the split folder under a root with ``train/``/``val/`` (``split=None`` ⇒ ``default``),
+    or the input unchanged for a folder without splits (``split`` must then be ``None``)."""
     if not fs.isdir(path):
         if split is not None:
             raise UserError(f"split='{split}' given but '{url}' is a file, not a folder with train/ and val/")
@@ -125,7 +127,7 @@ def _pick_split(fs, path: str, url: str, split: str | None) -> tuple[str, str]:
     if split is None:
         if not has_splits:
             return path, url
-        split = "val"
+        split = default
     if split not in subdirs:
         raise UserError(f"'{url}' has no '{split}/' subfolder; found: {', '.join(sorted(subdirs)) or 'none'}")
     return join(fs, path, split), url.rstrip("/") + "/" + split
