@@ -169,8 +169,9 @@ def knn_classify(
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k_max = ks[-1]
-    hits1 = dict.fromkeys(ks, 0)
-    hits5 = dict.fromkeys(ks, 0)
+    # hit counters stay on the features' device: no host sync per chunk
+    hits1 = {k: torch.zeros((), dtype=torch.long, device=test_features.device) for k in ks}
+    hits5 = {k: torch.zeros((), dtype=torch.long, device=test_features.device) for k in ks}
     for start in range(0, test_features.shape[0], chunk_size):
         queries = test_features[start:start + chunk_size]  # [Q,D]
         targets = test_labels[start:start + chunk_size]  # [Q]
@@ -178,7 +179,7 @@ def knn_classify(
         neighbour_labels = train_labels[idx]  # [Ntrain][Q,kmax] -> [Q,kmax]
         for k, top in vote(sims, neighbour_labels, ks, num_classes, temperature).items():
             correct = top.eq(targets[:, None])  # [Q,5]
-            hits1[k] += int(correct[:, 0].sum())
-            hits5[k] += int(correct.any(dim=1).sum())
+            hits1[k] += correct[:, 0].sum()
+            hits5[k] += correct.any(dim=1).sum()
     n = test_features.shape[0]
-    return {k: {"top1": 100.0 * hits1[k] / n, "top5": 100.0 * hits5[k] / n} for k in ks}
+    return {k: {"top1": 100.0 * int(hits1[k]) / n, "top5": 100.0 * int(hits5[k]) / n} for k in ks}
