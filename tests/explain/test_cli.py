@@ -68,7 +68,7 @@ def test_explain_writes_overlays_grid_and_npz(files, tmp_path):
 def test_all_methods_and_img_size(files, tmp_path):
     npz = tmp_path / "all.npz"
     result = _run(files / "chelsea.png", "--model", files / "ckpt", "--all", "--img-size", 48, "--target", 3,
-                  "--out", tmp_path / "o", "--save-maps", npz)
+                  "--mean", 0.4, 0.4, 0.4, "--std", 0.2, 0.2, 0.2, "--out", tmp_path / "o", "--save-maps", npz)
     assert result.exit_code == 0, result.output
     from mimlab.explain import EXPLAINERS
 
@@ -83,7 +83,7 @@ def test_all_methods_and_img_size(files, tmp_path):
         (["--method", "rolout"], "did you mean 'rollout'"),
         (["--method", "raw:layer=7"], "layer 7 is outside 1..3"),
         (["--target", "99"], "--target 99 is outside 0..9"),
-        (["--mean", "0.5"], "--mean needs 3 values"),
+        (["--std", "0", "1", "1"], "--std values must be > 0"),
     ],
 )
 def test_bad_options_exit_2_one_line(files, tmp_path, extra, match):

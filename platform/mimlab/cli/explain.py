@@ -22,12 +22,20 @@ def explain(
     target: Annotated[int | None, typer.Option(help="class to explain (default: the top-1 prediction)")] = None,
     out: Annotated[Path, typer.Option(help="folder for the overlays and grid.png")] = Path("explanations"),
     save_maps: Annotated[Path | None, typer.Option(help="write maps to this .npz: one [N,H,W] array per spec")] = None,
-    mean: Annotated[list[float] | None, typer.Option(help="override normalisation mean (3 values, repeat)")] = None,
-    std: Annotated[list[float] | None, typer.Option(help="override normalisation std (3 values, repeat)")] = None,
+    mean: Annotated[tuple[float, float, float] | None, typer.Option(
+        help="override the model's normalisation mean: R G B")] = None,
+    std: Annotated[tuple[float, float, float] | None, typer.Option(
+        help="override the model's normalisation std: R G B")] = None,
     channel_order: Annotated[str, typer.Option(help="rgb, or bgr_legacy to replicate thesis bug B1")] = "rgb",
     student: Annotated[bool, typer.Option(help="pretrain checkpoints: explain the student, not the teacher")] = False,
 ) -> None:
-    """Explain images: print the top-5, write one overlay per (image, method), a grid and optionally an .npz."""
+    """Explain images: print the top-5, write one overlay per (image, method), a grid and optionally an .npz.
+
+    Methods (name[:key=value,...], layers 1-based): gradcam, gradcam++, xgradcam, scorecam [target-layer=PATH];
+    raw [layer]; head [layer,head]; raw-star, raw-log [layer]; raw-pow [layer,p]; rollout [layers=A-B,
+    order=descending|ascending]; keys-norm [layer,variant]; raw-star-x-keys-norm [layer,variant,mode];
+    tibav [start]. Attention methods and tibav need a ViT.
+    """
     from mimlab.explain.run import explain_images
 
     explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,

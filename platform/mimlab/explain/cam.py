@@ -91,7 +91,7 @@ class CamExplainer(Explainer):
             with torch.enable_grad(), contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's tqdm bars
                 maps = cam(input_tensor=images, targets=cam_targets)
         self.model.zero_grad(set_to_none=True)
-        return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).to(images.device)
 
 
 @EXPLAINERS.register("gradcam")
