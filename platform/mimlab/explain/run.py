@@ -130,6 +130,8 @@ def explain_images(
     num_classes = probs.shape[-1]
     if target is not None and not 0 <= target < num_classes:
         raise UserError(f"--target {target} is outside 0..{num_classes - 1} (the model has {num_classes} outputs)")
+    if getattr(loaded.module, "num_classes", None) == 0:
+        echo("note: the model has no classifier head; 'classes' below are feature dimensions (use --target to pick)")
     top = probs.topk(min(5, num_classes), dim=-1)
     top5 = [list(zip(i.tolist(), p.tolist())) for i, p in zip(top.indices, top.values)]
     for path, preds in zip(images, top5):
