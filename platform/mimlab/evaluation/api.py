@@ -79,7 +79,7 @@ def run_knn(
     log_mlflow: bool = True,
     batch_size: int = 128,
     workers: int = 1,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
 ) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def run_knn(
         log_mlflow: log params/metrics/JSON to MLflow (off inside sweeps that log themselves).
         batch_size: images per forward.
         workers: 0 = in-process torch loop; >= 1 = Ray Data actor pool of that many models.
-        chunk_size: queries per similarity chunk.
+        chunk_size: queries per similarity chunk (``None`` = automatic, bounded memory).
         tracking_uri, parent_run_id: MLflow store and optional parent run.
 
     Returns:

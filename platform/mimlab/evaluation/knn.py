@@ -4,7 +4,7 @@ Every query votes with its ``max(ks)`` nearest bank features (cosine similarity 
 features); neighbour ``j`` adds ``exp(sim_j / T)`` to the score of its class. All ``ks`` are evaluated from the
 same sorted neighbour list, so the bank is scanned once.
 
-Memory is bounded: queries are processed ``chunk_size`` at a time and the bank ``bank_chunk_size`` rows at a time,
+Memory is bounded: queries are processed ``chunk_size`` at a time (by default sized to a fixed block budget) and the bank ``bank_chunk_size`` rows at a time,
 keeping a running top-``max(ks)`` per query. Peak extra memory is ``chunk_size × (bank_chunk_size + max(ks))``
 floats, independent of the bank size (a 1.28M × 384 bank never needs a 1.28M × 50k similarity matrix).
 
@@ -23,6 +23,8 @@ from torch import Tensor
 from mimlab.errors import UserError
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
+BLOCK_ELEMENTS = {False: 2**26, True: 2**28}
+"""Similarity-block budget (elements) that sizes the automatic query chunk: ``{on_cuda: elements}``."""
 
 
 def check_bank(
@@ -141,7 +143,7 @@ def knn_classify(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     bank_chunk_size: int | None = 65536,
 ) -> dict[int, dict[str, float]]:
     """Weighted k-NN top-1/top-5 accuracy (%) for each ``k`` in one pass over the bank.
@@ -156,7 +158,8 @@ def knn_classify(
         ks: neighbour counts, e.g. ``(10, 20, 100, 200)``.
         temperature: T in the vote weight ``exp(sim / T)``.
         num_classes: C; ``None`` = 1 + the largest label seen.
-        chunk_size: queries per chunk.
+        chunk_size: queries per chunk; ``None`` = as many as keep one similarity block within
+            :data:`BLOCK_ELEMENTS` (256 MiB of float32 on CPU, 1 GiB on CUDA).
         bank_chunk_size: bank rows per similarity block; ``None`` = whole bank.
 
     Returns:
@@ -169,6 +172,9 @@ def knn_classify(
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k_max = ks[-1]
+    if chunk_size is None:
+        cols = min(bank_chunk_size or train_features.shape[0], train_features.shape[0]) + k_max
+        chunk_size = max(1, BLOCK_ELEMENTS[train_features.device.type == "cuda"] // cols)
     # hit counters stay on the features' device: no host sync per chunk
     hits1 = {k: torch.zeros((), dtype=torch.long, device=test_features.device) for k in ks}
     hits5 = {k: torch.zeros((), dtype=torch.long, device=test_features.device) for k in ks}
