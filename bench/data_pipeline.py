@@ -121,4 +121,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mimlab.errors import UserError
+
+    try:
+        main()
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
