@@ -40,14 +40,13 @@ def test_two_trial_sweep_end_to_end_logs_parent_and_children(ray_local, exp_dir,
     assert sorted(c.data.params["sweep.label"] for c in children) == ["Raw_2", "block"]
     for child in children:
         assert 0.0 <= child.data.metrics["knn_top1"] <= 100.0
-        assert "knn_top1_k5" in child.data.metrics and "knn_top1_k10" in child.data.metrics
+        assert "knn_top1_k5" in child.data.metrics   # the tiny profile's evaluation ks = [5]
         assert "linear_top1" in child.data.metrics
-        hist = client.get_metric_history(child.info.run_id, "loss") or []
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [0]   # per epoch
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"checkpoint", "trial_result.json"} <= names
         ckpt = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
         assert "checkpoint/backbone.json" in ckpt
-        del hist
     parent_files = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"results.md", "results.json", "results.png"} <= parent_files
     # the table equals the children's metrics (one seed: mean = the value)
