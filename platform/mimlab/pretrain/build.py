@@ -113,3 +113,21 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
                      amp_dtype=amp_dtype, scaler=scaler, generator=generator, patch_size=patch,
                      last_layer=last_layer_params(student),
                      trainable=[p for p in student.parameters() if p.requires_grad])
+
+
+def preflight(cfg) -> None:
+    """Check on the driver what would otherwise fail inside a Ray worker: the timm model and its kwargs, the
+    masking strategies against the real depth, the contrastive section.
+
+    Raises:
+        UserError: one line naming the key (unknown strategy/key, layer beyond the depth, bad model kwargs).
+    """
+    from mimlab.masking import build_masking
+    from mimlab.models.vit import create_backbone
+
+    with torch.device("meta"):
+        backbone = create_backbone(cfg.model.timm_name, **backbone_kwargs(cfg))
+    depth = len(backbone.blocks)
+    build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=depth,
+                  contrastive=cfg.contrastive is not None)
+    _make_contrastive(cfg)

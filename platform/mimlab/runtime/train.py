@@ -217,6 +217,17 @@ def _teacher_spread(teacher) -> float:
     return float((hi - lo).max())
 
 
+def _cpus_per_worker(workers: int) -> float:
+    """1 CPU per worker, shrunk on small clusters so at least one CPU stays free for the Ray Data crop tasks
+    (with every CPU held by a training worker the input pipeline can never be scheduled)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    if workers <= 0 or total >= workers + 1:
+        return 1.0
+    return max(0.1, round((total - 1.0) / workers, 2))
+
+
 def _count_rows(url: str | None, split: str | None) -> int:
     from mimlab.data.pipeline import read_shards
 
@@ -248,6 +259,7 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
     from ray.train.torch import TorchTrainer
 
     from mimlab.data.pipeline import multicrop_dataset
+    from mimlab.pretrain.build import preflight
     from mimlab.pretrain.checkpoint import LocalCheckpoints
     from mimlab.pretrain.data_local import has_splits, multicrop_config
     from mimlab.runtime import tracking
@@ -261,6 +273,7 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
         train.gpus_per_worker = gpus_per_worker
         train.use_gpu = gpus_per_worker > 0
     cfg = cfg.model_copy(update={"train": train})
+    preflight(cfg)
     storage = check_storage(storage_path or cfg.train.storage_path)
     uri = tracking.tracking_uri(tracking_uri)
     url = data if data is not None else cfg.data.train
@@ -285,7 +298,8 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
                             f"'{storage}' is remote — use --workers 1 or a local --storage-path")
         local_dir = str(Path(storage) / name)
     use_gpu = train.use_gpu
-    resources = {"CPU": 1, "GPU": train.gpus_per_worker} if use_gpu else {"CPU": 1}
+    cpus = _cpus_per_worker(train.num_workers)
+    resources = {"CPU": cpus, "GPU": train.gpus_per_worker} if use_gpu else {"CPU": cpus}
     trainer = TorchTrainer(
         _train_fn,
         train_loop_config={"cfg": cfg.resolved(), "steps": steps, "name": name, "tracking_uri": uri,
