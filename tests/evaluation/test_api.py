@@ -78,3 +78,56 @@ def test_run_linear_augmented_reextracts_every_epoch(tiny_checkpoint):
     res = run_linear(str(tiny_checkpoint), epochs=2, limit=40, log_mlflow=False, workers=0, batch_size=16)
     assert "augmented" in res["mode"] and not res["cached_features"]
     assert len(res["curve"]) == 2 and res["n_train"] == 40 and res["batch_size"] == 16
+
+
+@pytest.fixture()
+def unlabelled_shards(tmp_path):
+    """A shard folder whose label column is null (valid shards, no labels)."""
+    from mimlab.data.fs import resolve
+    from mimlab.data.schema import records_table
+    from mimlab.data.shards import shard_name, write_shard
+    from mimlab.data.sources import encode_png
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    imgs = [encode_png(np.full((32, 32, 3), i * 40, dtype=np.uint8)) for i in range(4)]
+    fs, path = resolve(str(folder))
+    write_shard(fs, f"{path}/{shard_name(0)}", records_table(imgs, [None] * 4, [f"x{i}.png" for i in range(4)]))
+    return str(folder)
+
+
+def test_missing_labels_is_a_user_error_in_process(tiny_checkpoint, unlabelled_shards):
+    from mimlab.errors import UserError
+
+    with pytest.raises(UserError, match="without labels"):
+        run_knn(str(tiny_checkpoint), train=unlabelled_shards, val=unlabelled_shards, ks=(2,), workers=0,
+                log_mlflow=False)
+
+
+def test_missing_labels_is_a_user_error_on_ray_path(tiny_checkpoint, unlabelled_shards, ray_local):
+    from mimlab.errors import UserError
+
+    with pytest.raises(UserError, match="without labels"):
+        run_knn(str(tiny_checkpoint), train=unlabelled_shards, val=unlabelled_shards, ks=(2,), workers=1,
+                log_mlflow=False)
+
+
+def test_callable_inside_a_ray_task_like_a_tune_trial(tiny_checkpoint, ray_local):
+    """A Tune trial is a Ray worker: run_linear/run_knn must work there and reuse (not start) a runtime."""
+    ray = ray_local
+
+    @ray.remote(num_cpus=1)
+    def trial(ckpt):
+        import ray as r
+
+        from mimlab.evaluation.api import run_knn, run_linear
+
+        job = r.get_runtime_context().get_job_id()
+        knn = run_knn(ckpt, ks=(5,), limit=40, workers=0, log_mlflow=False)
+        lin = run_linear(ckpt, epochs=2, cached_features=True, limit=40, workers=0, log_mlflow=False)
+        return job, knn["results"], lin["curve"]
+
+    job, knn, curve = ray.get(trial.remote(str(tiny_checkpoint)))
+    assert job == ray.get_runtime_context().get_job_id()
+    assert knn == run_knn(str(tiny_checkpoint), ks=(5,), limit=40, workers=0, log_mlflow=False)["results"]
+    assert len(curve) == 2

@@ -213,6 +213,7 @@ def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, l
         kind = source_kind(fs, join(fs, path, which) if which else path, url)
     if kind == "shards":
         which = which or (split if url is None else None)
+        _check_shard_labels(url, which, split)
         if not augment:
             ds = pipeline.eval_dataset(url, size, split=which, batch_size=batch_size)
             return _first(ds, limit)
@@ -234,3 +235,15 @@ def _first(ds, limit: int | None):
         return ds
     ds.context.execution_options.preserve_order = True
     return ds.limit(limit)
+
+
+def _check_shard_labels(url: str | None, which: str | None, split: str) -> None:
+    """One-line error for shards with missing labels (reads only the ``label`` column, before any Ray work)."""
+    from mimlab.data import pipeline
+    from mimlab.data.shards import iter_tables
+
+    fs, files = pipeline.shard_files(url, which)
+    for name, table in iter_tables(fs, files, columns=["label"]):
+        if table.column("label").null_count:
+            raise UserError(f"{split} data '{url or 'embedded dataset'}': shard '{name}' has images without labels; "
+                            f"k-NN and linear probing need labelled data")
