@@ -78,7 +78,8 @@ def test_custom_callable(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(
         "import torch.nn as nn\n"
         "def small():\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, 2))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_models", None)

@@ -106,7 +106,9 @@ def _record(model: nn.Module, first: int) -> tuple[_Tape, list[Any]]:
         blk = model.blocks[idx]
         for part in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2"):
             if not hasattr(blk, part):
-                raise UserError(f"tibav needs timm ViT blocks (norm1/attn/ls1/norm2/mlp/ls2); block {idx} has no {part}")
+                raise UserError(
+                    f"tibav needs timm ViT blocks (norm1/attn/ls1/norm2/mlp/ls2); block {idx} has no {part}"
+                )
         if getattr(blk.attn, "gate", None) is not None:
             raise UserError("tibav does not support gated attention blocks")
         bt = tape.blocks.setdefault(idx, _BlockTape())
