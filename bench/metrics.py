@@ -2,13 +2,13 @@
 
 For each model (ViT-Ti/16 and ResNet-18, random weights, 224 px) and ``--images`` images it times, in one run:
 
-* ours   — :class:`mimlab.metrics.faithfulness.Insertion` + :class:`Deletion` (blur, predicted class, batched states);
-* (a)    — the published loop: one perturbation state per forward (``perturbation_curves_sequential``);
-* (b)    — the pure cost of the same number of forwards (images × 2 × (n+1)) on random tensors at the best batch
-           size of ``--batch-sizes``.
+* ours — ``Insertion`` + ``Deletion`` of :mod:`mimlab.metrics.faithfulness` (blur, predicted class, batched);
+* (a) — the published loop: one perturbation state per forward (``perturbation_curves_sequential``);
+* (b) — the pure cost of the same number of forwards (images × 2 × (n+1)) on random tensors at the best
+  batch size of ``--batch-sizes``.
 
-It prints medians over ``--repeats`` and the ratios ``(a)/ours`` (target ≥ 3) and ``(b)/ours`` (target ≥ 0.8), and
-the largest |batched − sequential| score difference. ``--quick`` shrinks everything for a CPU smoke run.
+It prints medians over ``--repeats`` and the ratios ``(a)/ours`` (target ≥ 3) and ``(b)/ours`` (target ≥ 0.8),
+and the largest |batched − sequential| score difference. ``--quick`` shrinks everything for a CPU smoke run.
 
     python bench/metrics.py                 # the setting (use a GPU)
     python bench/metrics.py --quick         # 2 images at 64 px, CPU-friendly
@@ -110,8 +110,16 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     seq_t, (seq_a, seq_b) = _timed(sequential, device, args.seq_repeats)
     ins_c, del_c = curves[ours_best_bs]
     diff = max((ins_c.cpu() - seq_a).abs().max().item(), (del_c.cpu() - seq_b).abs().max().item())
-    return {"model": name, "forwards": total_forwards, "pure": pure, "best_bs": best_bs, "ours": ours,
-            "ours_best_bs": ours_best_bs, "seq": seq_t, "diff": diff}
+    return {
+        "model": name,
+        "forwards": total_forwards,
+        "pure": pure,
+        "best_bs": best_bs,
+        "ours": ours,
+        "ours_best_bs": ours_best_bs,
+        "seq": seq_t,
+        "diff": diff,
+    }
 
 
 def main() -> None:
@@ -127,21 +135,34 @@ def main() -> None:
     if args.quick:
         args.images, args.size, args.batch_sizes, args.repeats = 2, 64, [32, 64], 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {args.images} images at {args.size}px, step = {args.size} px, "
-          f"insertion + deletion; medians of {args.repeats} (sequential: {args.seq_repeats})")
+    name = (
+        torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name}; {args.images} images at {args.size}px, step = {args.size} px, "
+        f"insertion + deletion; medians of {args.repeats} (sequential: {args.seq_repeats})"
+    )
     for model in args.models:
         r = bench_model(model, args, device)
         ours_at = r["ours"][r["best_bs"]]
         ours_best = r["ours"][r["ours_best_bs"]]
         print(f"\n{model}: {r['forwards']} forwards")
-        print("  (b) pure forwards  : " + ", ".join(f"bs {b}: {t:.3f}s" for b, t in r["pure"].items())
-              + f"  -> best bs {r['best_bs']}: {r['pure'][r['best_bs']]:.3f}s")
+        print(
+            "  (b) pure forwards  : "
+            + ", ".join(f"bs {b}: {t:.3f}s" for b, t in r["pure"].items())
+            + f"  -> best bs {r['best_bs']}: {r['pure'][r['best_bs']]:.3f}s"
+        )
         print("  ours (batched)     : " + ", ".join(f"bs {b}: {t:.3f}s" for b, t in r["ours"].items()))
         print(f"  (a) published loop : {r['seq']:.3f}s  (batch 1, one state per forward)")
-        print(f"  speed-up vs (a)    : {r['seq'] / ours_best:.1f}x  (target >= 3x; ours at bs {r['ours_best_bs']})")
-        print(f"  fraction of (b)    : {r['pure'][r['best_bs']] / ours_best:.2f}  at our best bs "
-              f"{r['ours_best_bs']}; {r['pure'][r['best_bs']] / ours_at:.2f} at bs {r['best_bs']} (target >= 0.8)")
+        print(
+            f"  speed-up vs (a)    : {r['seq'] / ours_best:.1f}x  "
+            f"(target >= 3x; ours at bs {r['ours_best_bs']})"
+        )
+        print(
+            f"  fraction of (b)    : {r['pure'][r['best_bs']] / ours_best:.2f}  at our best bs "
+            f"{r['ours_best_bs']}; {r['pure'][r['best_bs']] / ours_at:.2f} at bs {r['best_bs']} "
+            "(target >= 0.8)"
+        )
         print(f"  max |batched - sequential| score: {r['diff']:.2e}")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 
 def write_tiny_checkpoint(folder, num_classes: int = 10, seed: int = 0):
-    """A 2-block, dim-32, patch-8 ViT at 32 px with a ``num_classes`` head, in the pretrain checkpoint format."""
+    """A 2-block, dim-32, patch-8 ViT at 32 px with a ``num_classes`` head, as a pretrain checkpoint."""
     import torch
     from safetensors.torch import save_file
 
@@ -21,9 +21,18 @@ def write_tiny_checkpoint(folder, num_classes: int = 10, seed: int = 0):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "teacher_backbone.safetensors"))
     save_file(state, str(folder / "student_backbone.safetensors"))
-    (folder / "backbone.json").write_text(json.dumps({
-        "timm_name": "vit_tiny_patch16_224", "kwargs": kwargs, "img_size": 32,
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "epoch": 0}))
+    (folder / "backbone.json").write_text(
+        json.dumps(
+            {
+                "timm_name": "vit_tiny_patch16_224",
+                "kwargs": kwargs,
+                "img_size": 32,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+                "epoch": 0,
+            }
+        )
+    )
     return folder
 
 

@@ -10,8 +10,13 @@ def tiny_cnn(num_classes: int = 5, seed: int = 0) -> nn.Module:
     """conv → ReLU → pool → linear; random but fixed weights."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
     )
     return model.eval()
 
@@ -21,19 +26,29 @@ def tiny_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
     import timm
 
     torch.manual_seed(seed)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                              depth=2, num_heads=2, num_classes=num_classes)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=num_classes,
+    )
     return model.eval()
 
 
 class RegionModel(nn.Module):
     """Two classes; the class-0 logit is a matched filter of a checkerboard inside one square region.
 
-    Only pixels of ``region`` (rows r0:r1, cols c0:c1) influence the output, and a blurred checkerboard scores ~0,
-    so insertion from blur(x) and deletion to 0 both move the score only while region pixels change.
+    Only pixels of ``region`` (rows r0:r1, cols c0:c1) influence the output, and a blurred checkerboard scores
+    ~0, so insertion from blur(x) and deletion to 0 both move the score only while region pixels change.
     """
 
-    def __init__(self, size: int = 32, region: tuple[int, int, int, int] = (8, 20, 10, 22), gain: float = 8.0):
+    def __init__(
+        self, size: int = 32, region: tuple[int, int, int, int] = (8, 20, 10, 22), gain: float = 8.0
+    ):
         super().__init__()
         r0, r1, c0, c1 = region
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

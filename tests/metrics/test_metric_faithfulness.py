@@ -44,10 +44,12 @@ def test_ad_ai_equal_the_definition_computed_image_by_image():
     model = tiny_cnn(num_classes=3, seed=4)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     ad, ai = [], []
-    with torch.no_grad():  # independent: pixel-space product then normalise, one image at a time (methods-spec §3.1)
+    with (
+        torch.no_grad()
+    ):  # independent: pixel-space product then normalise, one image at a time (methods-spec §3.1)
         for i in range(6):
             e = (pixels[i] * maps[i] - MEAN.view(3, 1, 1)) / STD.view(3, 1, 1)
-            y = model(images[i:i + 1]).softmax(1)[0, labels[i]].item()
+            y = model(images[i : i + 1]).softmax(1)[0, labels[i]].item()
             o = model(e[None]).softmax(1)[0, labels[i]].item()
             ad.append(max(0.0, y - o) / y)
             ai.append(float(o > y))
@@ -97,7 +99,9 @@ def test_insertion_default_starts_from_blur_and_deletion_ends_at_zero():
     assert ins.shape == dele.shape == (1, 33)  # step = width = 32 -> 1024/32 + 1
     with torch.no_grad():
         p_x = model(x).softmax(1)[0, 0].item()
-    assert ins[0, -1].item() == pytest.approx(p_x, abs=1e-6) and dele[0, 0].item() == pytest.approx(p_x, abs=1e-6)
+    assert ins[0, -1].item() == pytest.approx(p_x, abs=1e-6) and dele[0, 0].item() == pytest.approx(
+        p_x, abs=1e-6
+    )
     assert dele[0, -1].item() == pytest.approx(0.5, abs=1e-6)  # zero image -> equal logits
     assert ins[0, 0].item() < 0.6  # blurred checkerboard carries almost no class-0 evidence
     assert build_metric("insertion:step=64").curves(model, x, maps, None, MEAN, STD).shape == (1, 17)
@@ -130,4 +134,8 @@ def test_bad_metric_input_is_a_user_error():
 
 def test_split_metric_list_keeps_options_with_their_metric():
     assert split_metric_list("ad, ai,insertion:step=16,substrate=zero,deletion") == [
-        "ad", "ai", "insertion:step=16,substrate=zero", "deletion"]
+        "ad",
+        "ai",
+        "insertion:step=16,substrate=zero",
+        "deletion",
+    ]

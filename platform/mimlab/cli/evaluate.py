@@ -9,26 +9,50 @@ import typer
 
 from mimlab.cli.common import user_errors
 
-evaluate_app = typer.Typer(help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies.",
-                           no_args_is_help=True)
+evaluate_app = typer.Typer(
+    help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies.",
+    no_args_is_help=True,
+)
 
 
 @evaluate_app.command()
 @user_errors
 def saliency(
-    model: Annotated[str, typer.Option("--model", help="timm name, pretrain checkpoint dir, or package.module:fn")],
-    weights: Annotated[str | None, typer.Option("--weights", help="local weights file for a timm/custom model")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="shards, ImageFolder tree or flat ImageNet-val folder "
-                                                             "(default: the embedded dataset)")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="subfolder of a root with train/ and val/")] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="timm name, pretrain checkpoint dir, or package.module:fn")
+    ],
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="local weights file for a timm/custom model")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="shards, ImageFolder tree or flat ImageNet-val folder (default: the embedded dataset)",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="subfolder of a root with train/ and val/")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="first N images")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help="saliency method spec, repeatable "
-                                                                       "(e.g. raw:layer=12); default gradcam")] = None,
-    metrics: Annotated[str, typer.Option("--metrics", help="comma list: ad, ai, insertion, deletion, road, "
-                                                            "road-morf, road-lerf, pointing, energy, iou "
-                                                            "(options as insertion:step=16)")
-                       ] = "ad,ai,insertion,deletion",
-    img_size: Annotated[int | None, typer.Option("--img-size", help="input side in pixels (default: model's)")] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method", help="saliency method spec, repeatable (e.g. raw:layer=12); default gradcam"
+        ),
+    ] = None,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics",
+            help="comma list: ad, ai, insertion, deletion, road, "
+            "road-morf, road-lerf, pointing, energy, iou "
+            "(options as insertion:step=16)",
+        ),
+    ] = "ad,ai,insertion,deletion",
+    img_size: Annotated[
+        int | None, typer.Option("--img-size", help="input side in pixels (default: model's)")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Ray actors (one GPU each when GPUs exist)")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per batch (the unit of work)")] = 16,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="also write maps.npz")] = False,
@@ -36,30 +60,46 @@ def saliency(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store")] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment")] = "mimlab",
 ) -> None:
-    """Explain images with one or more methods and score the maps; writes results.json, per_image.csv, a figure."""
+    """Explain images with one or more methods and score the maps (results.json, per_image.csv, figure)."""
     from mimlab.metrics import split_metric_list
     from mimlab.runtime.saliency import evaluate_saliency, format_table
 
-    result = evaluate_saliency(model=model, weights=weights, data=data, split=split, limit=limit,
-                               methods=method or ["gradcam"], metrics=split_metric_list(metrics), img_size=img_size,
-                               workers=workers, batch_size=batch_size, save_maps=save_maps, out=out,
-                               tracking_uri=tracking_uri, experiment=experiment)
+    result = evaluate_saliency(
+        model=model,
+        weights=weights,
+        data=data,
+        split=split,
+        limit=limit,
+        methods=method or ["gradcam"],
+        metrics=split_metric_list(metrics),
+        img_size=img_size,
+        workers=workers,
+        batch_size=batch_size,
+        save_maps=save_maps,
+        out=out,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+    )
     typer.echo(format_table(result.table, result.higher_is_better))
-    typer.echo(f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir} (MLflow run {result.run_id})")
+    typer.echo(
+        f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir} (MLflow run {result.run_id})"
+    )
 
 
 @evaluate_app.command()
 @user_errors
 def study(
     file: Annotated[Path, typer.Argument(help="study YAML (experiments/studies/*.yaml)")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE for the study's params")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE for the study's params")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="override the study's image limit")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Ray actors per model")] = 1,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default: study-<name>)")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store")] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment")] = "mimlab",
 ) -> None:
-    """Run a (model × method) grid as one MLflow parent run with a child run per pair; print the combined table."""
+    """Run a (model × method) grid: one MLflow parent run, a child run per pair; print the combined table."""
     from mimlab.metrics.study import load_study
     from mimlab.runtime.saliency import run_study
 

@@ -77,7 +77,9 @@ def choice(spec: MethodSpec, key: str, default: str, allowed: tuple[str, ...]) -
     """Read a string option that must be one of ``allowed``."""
     value = spec.params.get(key, default)
     if value not in allowed:
-        raise UserError(f"metric '{spec.text}': key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
+        raise UserError(
+            f"metric '{spec.text}': key '{key}' must be one of {', '.join(allowed)}, got '{value}'"
+        )
     return value
 
 
@@ -87,7 +89,9 @@ def check_inputs(images: Tensor, maps: Tensor, targets: Tensor | None, masks: Te
         raise UserError(f"images must be [B,3,H,W], got shape {tuple(images.shape)}")
     b, _, h, w = images.shape
     if tuple(maps.shape) != (b, h, w):
-        raise UserError(f"saliency maps must have shape {(b, h, w)} to match the images, got {tuple(maps.shape)}")
+        raise UserError(
+            f"saliency maps must have shape {(b, h, w)} to match the images, got {tuple(maps.shape)}"
+        )
     if not torch.isfinite(maps).all():
         raise UserError("saliency maps contain NaN or infinite values")
     if targets is not None and tuple(targets.shape) != (b,):

@@ -26,7 +26,9 @@ def _channel(v: Tensor, like: Tensor) -> Tensor:
     return v.to(like.device, like.dtype).view(1, -1, 1, 1)  # [3] -> [1,3,1,1]
 
 
-def explanation_images(images: Tensor, maps: Tensor, mean: Tensor, std: Tensor, space: str = "pixel") -> Tensor:
+def explanation_images(
+    images: Tensor, maps: Tensor, mean: Tensor, std: Tensor, space: str = "pixel"
+) -> Tensor:
     """The explanation-only input E.
 
     Args:
@@ -60,9 +62,19 @@ def substrate_images(images: Tensor, kind: str, mean: Tensor, std: Tensor) -> Te
     return torch.zeros_like(images)
 
 
-def confidence_pair(model: torch.nn.Module, images: Tensor, maps: Tensor, classes: Tensor, mean: Tensor,
-                    std: Tensor, *, space: str, score: str, cache: dict[Any, Any] | None,
-                    key: tuple) -> tuple[Tensor, Tensor]:
+def confidence_pair(
+    model: torch.nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    classes: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    space: str,
+    score: str,
+    cache: dict[Any, Any] | None,
+    key: tuple,
+) -> tuple[Tensor, Tensor]:
     """``(Y, O)`` = scores of the class on x and on E, memoised per batch so AD and AI share the forwards."""
     if cache is not None and key in cache:
         return cache[key]
@@ -91,8 +103,9 @@ class _ConfidenceMetric(Metric):
     def pair(self, model, images, maps, targets, mean, std, cache) -> tuple[Tensor, Tensor]:
         classes = resolve_classes(self.class_source, model, images, targets, self.name, cache)
         key = ("confidence", self.class_source, self.space, self.score)
-        return confidence_pair(model, images, maps, classes, mean, std, space=self.space, score=self.score,
-                               cache=cache, key=key)
+        return confidence_pair(
+            model, images, maps, classes, mean, std, space=self.space, score=self.score, cache=cache, key=key
+        )
 
 
 @METRICS.register("ad")
@@ -146,8 +159,9 @@ class _CurveMetric(Metric):
         classes = resolve_classes(self.class_source, model, images, targets, self.name, cache)
         start, end = self.ends(images, mean, std)
         step = self.step or images.shape[-1]
-        return perturbation_curves(model, start, end, maps, classes, step=step, batch_size=self.batch,
-                                   score=self.score)
+        return perturbation_curves(
+            model, start, end, maps, classes, step=step, batch_size=self.batch, score=self.score
+        )
 
     def __call__(self, model, images, maps, targets, mean, std, *, masks=None, cache=None) -> Tensor:
         return auc(self.curves(model, images, maps, targets, mean, std, cache))

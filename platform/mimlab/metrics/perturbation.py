@@ -1,12 +1,15 @@
-"""Insertion / deletion perturbation curves (RISE causal metrics, as adapted by the thesis; methods-spec §3.2).
+"""Insertion / deletion perturbation curves (RISE causal metrics, as adapted by the thesis, methods-spec
+§3.2).
 
-Pixels are visited in order of decreasing saliency, ties broken by ascending flat pixel index (a stable sort; bug B7
-in methods-spec §8). State k of an image has its first ``k * step`` pixels (all channels) copied from the *end*
-image into the *start* image; k = 0..n with n = ceil(H*W / step), so 225 states at 224² with step 224.
+Pixels are visited in order of decreasing saliency, ties broken by ascending flat pixel index (a stable sort;
+bug B7 in methods-spec §8). State k of an image has its first ``k * step`` pixels (all channels) copied from
+the *end* image into the *start* image; k = 0..n with n = ceil(H*W / step), so 225 states at 224² with step
+224.
 
-:func:`perturbation_curves` evaluates many (image, step) states per forward; :func:`perturbation_curves_sequential`
-is the one-state-per-forward loop of the published code and is kept as the reference the batched one must equal.
-Updates index the tensor directly, so they work on any device (bug B8).
+:func:`perturbation_curves` evaluates many (image, step) states per forward;
+:func:`perturbation_curves_sequential` is the one-state-per-forward loop of the published code and is kept as
+the reference the batched one must equal. Updates index the tensor directly, so they work on any device (bug
+B8).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ def _reflect_index(j: int, n: int) -> int:
 def rise_blur_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Tensor:
     """The RISE insertion blur kernel: a centred delta in a ``size×size`` image, Gaussian-filtered.
 
-    The filter is SciPy's ``gaussian_filter`` (radius ``int(truncate*sigma+0.5)``, reflect boundary), which with
-    σ = 5 on an 11×11 image leaves an almost flat kernel (max/min ≈ 1.14, sum 1). Rebuilt here in closed form:
-    the filter is separable and the delta factorises, so the kernel is ``outer(g, g)``.
+    The filter is SciPy's ``gaussian_filter`` (radius ``int(truncate*sigma+0.5)``, reflect boundary), which
+    with σ = 5 on an 11×11 image leaves an almost flat kernel (max/min ≈ 1.14, sum 1). Rebuilt here in closed
+    form: the filter is separable and the delta factorises, so the kernel is ``outer(g, g)``.
 
     Returns:
         ``float64 [size, size]``.
@@ -48,7 +51,7 @@ def rise_blur_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) 
 
 
 def blur(images: Tensor, kernel: Tensor | None = None) -> Tensor:
-    """Per-channel 2-D convolution with zero padding (no channel mixing), in the images' own (normalised) space.
+    """Per-channel 2-D convolution, zero padding, no channel mixing, in the images' own (normalised) space.
 
     Args:
         images: ``[B, C, H, W]``.
@@ -114,8 +117,8 @@ def perturbation_curves(
 ) -> Tensor:
     """Scores of every perturbation state, many states per forward.
 
-    The state of (image i, step k) is ``where(rank_i < k*step, end_i, start_i)`` with ``rank_i`` the position of each
-    pixel in :func:`pixel_order` — the same tensor the sequential loop reaches after k copies.
+    The state of (image i, step k) is ``where(rank_i < k*step, end_i, start_i)`` with ``rank_i`` the position
+    of each pixel in :func:`pixel_order` — the same tensor the sequential loop reaches after k copies.
 
     Args:
         model: classifier returning logits ``[B, K]``.
@@ -135,7 +138,9 @@ def perturbation_curves(
     n = num_steps(hw, step)
     order = pixel_order(maps).to(start.device)  # [B,HW]
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(hw, device=start.device).expand(b, hw))  # [B,HW]: position of each pixel
+    rank.scatter_(
+        1, order, torch.arange(hw, device=start.device).expand(b, hw)
+    )  # [B,HW]: position of each pixel
     classes = classes.to(start.device)
     total = b * (n + 1)
     scores = torch.empty(total, dtype=torch.float32, device=start.device)
@@ -145,7 +150,7 @@ def perturbation_curves(
         changed = rank[img] < (k * step).unsqueeze(1)  # [S,HW]
         changed = changed.view(-1, 1, h, w)  # [S,HW] -> [S,1,H,W]
         states = torch.where(changed, end[img], start[img])  # [S,C,H,W]
-        scores[lo:lo + len(flat)] = _class_score(model(states), classes[img], score)
+        scores[lo : lo + len(flat)] = _class_score(model(states), classes[img], score)
     return scores.view(b, n + 1)  # [B*(n+1)] -> [B,n+1]
 
 
@@ -174,7 +179,7 @@ def perturbation_curves_sequential(
         finish = end[i].reshape(c, hw)
         for k in range(n + 1):
             logits = model(current.view(1, c, h, w))
-            out[i, k] = _class_score(logits, classes[i:i + 1].to(logits.device), score)[0].cpu()
-            idx = order[i, k * step:(k + 1) * step]
+            out[i, k] = _class_score(logits, classes[i : i + 1].to(logits.device), score)[0].cpu()
+            idx = order[i, k * step : (k + 1) * step]
             current[:, idx] = finish[:, idx]
     return out

@@ -1,9 +1,10 @@
 """ROAD (RemOve And Debias, Rong et al. 2022) through pytorch-grad-cam's implementation.
 
-grad-cam's ROAD removes the pixels above (MoRF) or below (LeRF) each saliency percentile, fills them by noisy linear
-imputation and returns the change of the class score (after − before). We average over the percentiles as its
-``…Average`` classes do, score the softmax probability of the predicted class (``class=gt`` for the label) and run
-one image at a time under a fixed RNG seed, so the imputation noise — and the result — does not depend on batching.
+grad-cam's ROAD removes the pixels above (MoRF) or below (LeRF) each saliency percentile, fills them by noisy
+linear imputation and returns the change of the class score (after − before). We average over the percentiles
+as its ``…Average`` classes do, score the softmax probability of the predicted class (``class=gt`` for the
+label) and run one image at a time under a fixed RNG seed, so the imputation noise — and the result — does not
+depend on batching.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class _Road(Metric):
         try:
             self.percentiles = tuple(int(p) for p in raw.split("/")) if raw else DEFAULT_PERCENTILES
         except ValueError:
-            raise UserError(f"metric '{spec.text}': key 'percentiles' looks like 10/50/90, got '{raw}'") from None
+            raise UserError(
+                f"metric '{spec.text}': key 'percentiles' looks like 10/50/90, got '{raw}'"
+            ) from None
         if not all(0 < p < 100 for p in self.percentiles):
             raise UserError(f"metric '{spec.text}': percentiles must lie in 1..99")
 
@@ -49,12 +52,12 @@ class _Road(Metric):
         cls = ROADMostRelevantFirst if most_relevant_first else ROADLeastRelevantFirst
         out = torch.zeros(images.shape[0], dtype=torch.float64)
         for i in range(images.shape[0]):
-            cam = maps[i:i + 1].detach().cpu().float().numpy()  # [1,H,W]
+            cam = maps[i : i + 1].detach().cpu().float().numpy()  # [1,H,W]
             target = [ClassifierOutputSoftmaxTarget(int(classes[i]))]
             for p in self.percentiles:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.seed)
-                    change = cls(percentile=p)(images[i:i + 1], cam, target, model)
+                    change = cls(percentile=p)(images[i : i + 1], cam, target, model)
                 out[i] += float(np.asarray(change).reshape(-1)[0])
         return (out / len(self.percentiles)).float()
 
@@ -74,7 +77,7 @@ class RoadMostRelevantFirst(_Road):
 
 @METRICS.register("road-lerf")
 class RoadLeastRelevantFirst(_Road):
-    """Score change when the least relevant pixels are removed and imputed. Higher (a smaller drop) is better."""
+    """Score change when the least relevant pixels are removed and imputed. Higher (less drop) is better."""
 
     higher_is_better: ClassVar[bool] = True
 

@@ -39,12 +39,20 @@ def predicted_classes(model: torch.nn.Module, images: Tensor, cache: dict[Any, A
     return pred
 
 
-def resolve_classes(source: str, model: torch.nn.Module, images: Tensor, targets: Tensor | None,
-                    what: str, cache: dict[Any, Any] | None = None) -> Tensor:
+def resolve_classes(
+    source: str,
+    model: torch.nn.Module,
+    images: Tensor,
+    targets: Tensor | None,
+    what: str,
+    cache: dict[Any, Any] | None = None,
+) -> Tensor:
     """The class each image is scored for: the ground truth (``gt``) or the prediction (``predicted``)."""
     if source == "gt":
         if targets is None:
-            raise UserError(f"metric '{what}' scores the ground-truth class but the images have no labels "
-                            "(use class=predicted or data with labels)")
+            raise UserError(
+                f"metric '{what}' scores the ground-truth class but the images have no labels "
+                "(use class=predicted or data with labels)"
+            )
         return targets.to(images.device)
     return predicted_classes(model, images, cache)

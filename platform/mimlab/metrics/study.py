@@ -10,8 +10,8 @@ A study file (``experiments/studies/*.yaml``)::
       - {label: Supervised, model: "${supervised}", weights: "${supervised_weights}"}
     methods: [raw, raw-log, {label: "Rollout 10-12", spec: "rollout:layers=10-12"}]
 
-``${key}`` is replaced by the study's ``params`` (overridden with ``--param key=value``); a value that is exactly
-``${key}`` keeps the parameter's type (``null``, numbers). Unknown keys anywhere are errors.
+``${key}`` is replaced by the study's ``params`` (overridden with ``--param key=value``); a value that is
+exactly ``${key}`` keeps the parameter's type (``null``, numbers). Unknown keys anywhere are errors.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ class StudyModel(BaseModel):
     label: str = Field(description="column name in tables")
     model: str = Field(description="timm name, pretrain checkpoint or package.module:callable")
     weights: str | None = Field(None, description="local weights file")
-    methods: list[StudyMethod] | None = Field(None, description="methods for this model (default: the study's)")
+    methods: list[StudyMethod] | None = Field(
+        None, description="methods for this model (default: the study's)"
+    )
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -93,7 +95,9 @@ def _substitute(node: Any, params: dict[str, Any], where: str) -> Any:
     if isinstance(node, str):
         for key in _REF.findall(node):
             if key not in params:
-                raise UserError(f"study '{where}': '${{{key}}}' is not in params (known: {', '.join(params) or 'none'})")
+                raise UserError(
+                    f"study '{where}': '${{{key}}}' is not in params (known: {', '.join(params) or 'none'})"
+                )
         whole = _REF.fullmatch(node)
         if whole:
             return params[whole.group(1)]
@@ -115,7 +119,9 @@ def parse_overrides(items: list[str], known: dict[str, Any], where: str) -> dict
     return out
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None, *, limit: int | None = None) -> StudyConfig:
+def load_study(
+    path: str | Path, overrides: list[str] | None = None, *, limit: int | None = None
+) -> StudyConfig:
     """Read, substitute and validate a study YAML.
 
     Raises:
@@ -147,17 +153,21 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, limit: i
     return cfg
 
 
-def combined_tables(results: dict[str, dict[str, dict[str, float]]], methods: list[str],
-                    higher: dict[str, bool]) -> dict[str, dict[str, dict[str, float]]]:
+def combined_tables(
+    results: dict[str, dict[str, dict[str, float]]], methods: list[str], higher: dict[str, bool]
+) -> dict[str, dict[str, dict[str, float]]]:
     """Reorganise ``{model: {method: {metric: mean}}}`` into ``{metric: {method: {model: mean}}}``."""
     metrics = list(higher)
-    return {k: {m: {model: results[model].get(m, {}).get(k, math.nan) for model in results} for m in methods}
-            for k in metrics}
+    return {
+        k: {m: {model: results[model].get(m, {}).get(k, math.nan) for model in results} for m in methods}
+        for k in metrics
+    }
 
 
-def format_study(results: dict[str, dict[str, dict[str, float]]], methods: list[str],
-                 higher: dict[str, bool]) -> str:
-    """Text of the combined table: per metric a block, rows methods, columns models, best per column starred."""
+def format_study(
+    results: dict[str, dict[str, dict[str, float]]], methods: list[str], higher: dict[str, bool]
+) -> str:
+    """Combined table text: a block per metric, rows methods, columns models, best per column starred."""
     blocks = []
     tables = combined_tables(results, methods, higher)
     models = list(results)
@@ -170,8 +180,10 @@ def format_study(results: dict[str, dict[str, dict[str, float]]], methods: list[
             vals = [(table[m][model], m) for m in methods if not math.isnan(table[m][model])]
             if vals:
                 best[model] = (max if up else min)(vals)[1]
-        lines = [f"{metric} {'↑ higher is better' if up else '↓ lower is better'}",
-                 "  ".join([f"{'method':<{width}}"] + [f"{m:>{c}}" for m, c in zip(models, cols)])]
+        lines = [
+            f"{metric} {'↑ higher is better' if up else '↓ lower is better'}",
+            "  ".join([f"{'method':<{width}}"] + [f"{m:>{c}}" for m, c in zip(models, cols)]),
+        ]
         for m in methods:
             cells = []
             for model, c in zip(models, cols):

@@ -1,9 +1,9 @@
 """Saliency evaluation on Ray: explain and score images on K actors, write the outputs, log one MLflow run.
 
-The image list is cut into fixed batches of ``batch_size`` *before* it is shared out, each batch is computed whole
-by one actor and the results are put back in image order — so every number is the same for any ``workers``
-(the actors run with the same thread count). Each actor loads the model and builds the explainers once
-(one GPU per actor when the cluster has GPUs).
+The image list is cut into fixed batches of ``batch_size`` *before* it is shared out, each batch is computed
+whole by one actor and the results are put back in image order — so every number is the same for any
+``workers`` (the actors run with the same thread count). Each actor loads the model and builds the explainers
+once (one GPU per actor when the cluster has GPUs).
 
 Outputs in ``out`` (written to a temporary folder first and renamed into place, ``results.json`` last, so a
 failed run never leaves a results file that looks complete):
@@ -34,12 +34,12 @@ from mimlab.errors import UserError
 DEFAULT_METHODS = ("gradcam",)
 
 
-# -- pure helpers --------------------------------------------------------------------------------------------------
+# -- pure helpers --------------------------------------------------------------------------------------------
 def prepare_batch(records: list, size: int, mean, std) -> tuple[Any, Any, Any]:
     """Decode, resize and normalise a list of records.
 
-    Images are resized directly to ``size × size`` (bilinear; the thesis' Part 1 preprocessing, methods-spec §1) and
-    masks with nearest neighbour, so both keep the same geometry.
+    Images are resized directly to ``size × size`` (bilinear; the thesis' Part 1 preprocessing, methods-spec
+    §1) and masks with nearest neighbour, so both keep the same geometry.
 
     Returns:
         ``(images [B,3,S,S] float normalised, labels LongTensor[B] | None, masks bool [B,S,S] | None)``.
@@ -62,8 +62,14 @@ def prepare_batch(records: list, size: int, mean, std) -> tuple[Any, Any, Any]:
         pixels.append(img)
         if mask is not None:
             if mask.shape != (size, size):
-                mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-                    (size, size), Image.Resampling.NEAREST)) > 0
+                mask = (
+                    np.asarray(
+                        Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                            (size, size), Image.Resampling.NEAREST
+                        )
+                    )
+                    > 0
+                )
             masks.append(mask)
     images = normalise(np.stack(pixels), mean, std)  # [B,S,S,3] uint8 -> [B,3,S,S]
     labels = None
@@ -74,14 +80,14 @@ def prepare_batch(records: list, size: int, mean, std) -> tuple[Any, Any, Any]:
 
 
 def batch_slices(num_images: int, batch_size: int) -> list[tuple[int, int]]:
-    """Fixed ``[lo, hi)`` batches of the image list (the unit of work, independent of the number of actors)."""
+    """Fixed ``[lo, hi)`` batches of the image list: the unit of work, independent of the number of actors."""
     return [(lo, min(lo + batch_size, num_images)) for lo in range(0, num_images, batch_size)]
 
 
 def share_out(batches: list, workers: int) -> list[list]:
     """Contiguous groups of batches, one per actor (fewer groups when there are fewer batches)."""
     k = max(1, min(workers, len(batches)))
-    return [batches[i * len(batches) // k:(i + 1) * len(batches) // k] for i in range(k)]
+    return [batches[i * len(batches) // k : (i + 1) * len(batches) // k] for i in range(k)]
 
 
 def nanmean(values: list[float]) -> float:
@@ -95,12 +101,20 @@ def mlflow_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", text)
 
 
-# -- the per-actor work ---------------------------------------------------------------------------------------------
+# -- the per-actor work --------------------------------------------------------------------------------------
 class SaliencyEvaluator:
     """Model, explainers and metrics, built once; :meth:`run` scores one batch of records."""
 
-    def __init__(self, *, model: str, weights: str | None, img_size: int | None, methods: list[str],
-                 metrics: list[str], save_maps: bool) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        weights: str | None,
+        img_size: int | None,
+        methods: list[str],
+        metrics: list[str],
+        save_maps: bool,
+    ) -> None:
         import torch
 
         from mimlab.explain import build_explainer
@@ -155,7 +169,7 @@ class SaliencyEvaluator:
         return [self.run(b) for b in batches]
 
 
-# -- the driver ------------------------------------------------------------------------------------------------------
+# -- the driver ----------------------------------------------------------------------------------------------
 @dataclass
 class SaliencyResult:
     """What one evaluation produced: means per method/metric, per-image rows, where the files are."""
@@ -173,8 +187,10 @@ def _validate(records: list, metric_objs: list, data: str | None) -> None:
     if any(m.requires_label() for m in metric_objs) and any(r.label is None for r in records):
         first = next(r.path for r in records if r.label is None)
         names = ", ".join(m.name for m in metric_objs if m.requires_label())
-        raise UserError(f"data '{where}': image '{first}' has no label, but metric(s) {names} score the "
-                        "ground-truth class")
+        raise UserError(
+            f"data '{where}': image '{first}' has no label, but metric(s) {names} score the "
+            "ground-truth class"
+        )
     if any(m.needs_mask for m in metric_objs) and any(r.mask is None for r in records):
         names = ", ".join(m.name for m in metric_objs if m.needs_mask)
         raise UserError(f"data '{where}' has no foreground masks, which metric(s) {names} need")
@@ -232,7 +248,9 @@ def plot_table(table: dict[str, dict[str, float]], higher: dict[str, bool], path
 
     methods = list(table)
     metrics = list(next(iter(table.values()))) if table else []
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.4), squeeze=False
+    )
     for ax, metric in zip(axes[0], metrics):
         vals = [table[m][metric] for m in methods]
         ax.bar(range(len(methods)), vals, color="tab:blue")
@@ -281,8 +299,8 @@ def compute_saliency(
     """Explain and score every image, write the output files; no MLflow (see :func:`evaluate_saliency`).
 
     Raises:
-        UserError: unknown method/metric or bad keys, labels or masks missing for the metrics asked, maps of the
-            wrong shape or with NaN, bad data — before any output file is written.
+        UserError: unknown method/metric or bad keys, labels or masks missing for the metrics asked, maps
+            of the wrong shape or with NaN, bad data — before any output file is written.
     """
     from mimlab.data.sources import load_records
     from mimlab.explain import build_explainer
@@ -311,8 +329,9 @@ def compute_saliency(
 
     slices = batch_slices(len(records), batch_size)
     batches = [records[lo:hi] for lo, hi in slices]
-    actor_kwargs = dict(model=model, weights=weights, img_size=size, methods=methods, metrics=metrics,
-                        save_maps=save_maps)
+    actor_kwargs = dict(
+        model=model, weights=weights, img_size=size, methods=methods, metrics=metrics, save_maps=save_maps
+    )
     results = _fan_out(batches, workers, actor_kwargs)
 
     predicted = [p for r in results for p in r["predicted"]]
@@ -322,8 +341,12 @@ def compute_saliency(
     rows = []
     for m in methods:
         for i, rec in enumerate(records):
-            row = {"path": rec.path, "label": "" if rec.label is None else rec.label, "predicted": predicted[i],
-                   "method": m}
+            row = {
+                "path": rec.path,
+                "label": "" if rec.label is None else rec.label,
+                "predicted": predicted[i],
+                "method": m,
+            }
             row.update({k: values[m][k][i] for k in names})
             rows.append(row)
 
@@ -375,29 +398,55 @@ def evaluate_saliency(
     experiment: str = "mimlab",
     run_name: str | None = None,
 ) -> SaliencyResult:
-    """:func:`compute_saliency`, then one MLflow run with the params, ``method/metric`` means and the files."""
+    """:func:`compute_saliency`, then one MLflow run: params, ``method/metric`` means, the files."""
     from mimlab.metrics import DEFAULT_METRICS
     from mimlab.runtime import tracking
 
     tracking.tracking_uri(tracking_uri)  # fail early on an unwritable store
     metrics = list(metrics or DEFAULT_METRICS)
-    result = compute_saliency(model=model, weights=weights, data=data, split=split, limit=limit, methods=methods,
-                              metrics=metrics, img_size=img_size, workers=workers, batch_size=batch_size,
-                              save_maps=save_maps, out=out)
-    params = {"model": model, "weights": weights, "data": data or "embedded", "split": split, "limit": limit,
-              "methods": ",".join(methods), "metrics": ",".join(metrics), "img_size": img_size,
-              "workers": workers, "batch_size": batch_size, "num_images": len(result.rows) // max(1, len(methods))}
-    with tracking.run(run_name or f"saliency-{Path(str(model)).name}", uri=tracking_uri, experiment=experiment,
-                      params=params, tags={"mimlab.kind": "saliency-eval"}) as active:
+    result = compute_saliency(
+        model=model,
+        weights=weights,
+        data=data,
+        split=split,
+        limit=limit,
+        methods=methods,
+        metrics=metrics,
+        img_size=img_size,
+        workers=workers,
+        batch_size=batch_size,
+        save_maps=save_maps,
+        out=out,
+    )
+    params = {
+        "model": model,
+        "weights": weights,
+        "data": data or "embedded",
+        "split": split,
+        "limit": limit,
+        "methods": ",".join(methods),
+        "metrics": ",".join(metrics),
+        "img_size": img_size,
+        "workers": workers,
+        "batch_size": batch_size,
+        "num_images": len(result.rows) // max(1, len(methods)),
+    }
+    with tracking.run(
+        run_name or f"saliency-{Path(str(model)).name}",
+        uri=tracking_uri,
+        experiment=experiment,
+        params=params,
+        tags={"mimlab.kind": "saliency-eval"},
+    ) as active:
         log_result(result)
         result.run_id = active.info.run_id
     return result
 
 
-# -- studies ---------------------------------------------------------------------------------------------------------
+# -- studies -------------------------------------------------------------------------------------------------
 @dataclass
 class StudyResult:
-    """``results`` = ``{model label: {method label: {metric: mean}}}``; ``text`` = the printed combined table."""
+    """``results``: ``{model label: {method label: {metric: mean}}}``; ``text``: the printed table."""
 
     results: dict[str, dict[str, dict[str, float]]]
     text: str
@@ -410,8 +459,14 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
 
 
-def run_study(cfg: Any, *, workers: int = 1, out: str | Path | None = None, tracking_uri: str | None = None,
-              experiment: str = "mimlab") -> StudyResult:
+def run_study(
+    cfg: Any,
+    *,
+    workers: int = 1,
+    out: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "mimlab",
+) -> StudyResult:
     """Score every (model, method) pair of a :class:`~mimlab.metrics.study.StudyConfig`.
 
     One MLflow parent run (params: the study, tag ``mimlab.kind=saliency-study``) holding a child run per pair
@@ -436,27 +491,60 @@ def run_study(cfg: Any, *, workers: int = 1, out: str | Path | None = None, trac
     results: dict[str, dict[str, dict[str, float]]] = {}
     higher: dict[str, bool] = {}
     child_ids: list[str] = []
-    params = {"study": cfg.name, "data": cfg.data or "embedded", "split": cfg.split, "limit": cfg.limit,
-              "img_size": cfg.img_size, "metrics": ",".join(cfg.metrics), "workers": workers,
-              "models": ",".join(labels), "methods": ",".join(method_rows),
-              **{f"param.{k}": v for k, v in cfg.params.items()}}
-    with tracking.run(f"study-{cfg.name}", uri=tracking_uri, experiment=experiment, params=params,
-                      tags={"mimlab.kind": "saliency-study"}) as parent:
+    params = {
+        "study": cfg.name,
+        "data": cfg.data or "embedded",
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "img_size": cfg.img_size,
+        "metrics": ",".join(cfg.metrics),
+        "workers": workers,
+        "models": ",".join(labels),
+        "methods": ",".join(method_rows),
+        **{f"param.{k}": v for k, v in cfg.params.items()},
+    }
+    with tracking.run(
+        f"study-{cfg.name}",
+        uri=tracking_uri,
+        experiment=experiment,
+        params=params,
+        tags={"mimlab.kind": "saliency-study"},
+    ) as parent:
         for model in cfg.models:
             methods = model.methods or cfg.methods
-            res = compute_saliency(model=model.model, weights=model.weights, data=cfg.data, split=cfg.split,
-                                   limit=cfg.limit, methods=[m.spec for m in methods], metrics=cfg.metrics,
-                                   img_size=cfg.img_size, workers=workers, batch_size=cfg.batch_size,
-                                   out=out_dir / _safe_name(model.label))
+            res = compute_saliency(
+                model=model.model,
+                weights=model.weights,
+                data=cfg.data,
+                split=cfg.split,
+                limit=cfg.limit,
+                methods=[m.spec for m in methods],
+                metrics=cfg.metrics,
+                img_size=cfg.img_size,
+                workers=workers,
+                batch_size=cfg.batch_size,
+                out=out_dir / _safe_name(model.label),
+            )
             higher.update(res.higher_is_better)
             results[model.label] = {m.name: res.table[m.spec] for m in methods}
             for meth in methods:
-                with mlflow.start_run(run_name=f"{model.label} · {meth.name}", nested=True,
-                                      tags={"mimlab.kind": "saliency-pair"}) as child:
-                    tracking.log_params({"model_label": model.label, "model": model.model, "weights": model.weights,
-                                         "method": meth.spec, "method_label": meth.name})
-                    mlflow.log_metrics({mlflow_key(k): v for k, v in res.table[meth.spec].items()
-                                        if not math.isnan(v)})
+                with mlflow.start_run(
+                    run_name=f"{model.label} · {meth.name}",
+                    nested=True,
+                    tags={"mimlab.kind": "saliency-pair"},
+                ) as child:
+                    tracking.log_params(
+                        {
+                            "model_label": model.label,
+                            "model": model.model,
+                            "weights": model.weights,
+                            "method": meth.spec,
+                            "method_label": meth.name,
+                        }
+                    )
+                    mlflow.log_metrics(
+                        {mlflow_key(k): v for k, v in res.table[meth.spec].items() if not math.isnan(v)}
+                    )
                     child_ids.append(child.info.run_id)
             for path in res.files:
                 mlflow.log_artifact(str(path), artifact_path=_safe_name(model.label))
