@@ -128,6 +128,7 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
     with _autocast(parts):
         all_patches = contrastive is not None and contrastive.source == "student_head" and not contrastive.uses_teacher
         s_out = parts.student(crops.global_crops, crops.local_crops, masks, all_patches=all_patches)
+    with torch.autocast(device_type=parts.device.type, enabled=False):  # losses in fp32
         losses = parts.loss(s_out["cls"], s_out["patch"], t_out["cls"], t_out["patch"], masks,
                             values["teacher_temp"], values["teacher_patch_temp"])
         total = losses["loss"]
