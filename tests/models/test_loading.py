@@ -111,6 +111,8 @@ def test_mismatched_weights_name_first_tensor(tmp_path):
     torch.save(src.state_dict(), path)
     with pytest.raises(UserError, match=r"tensor 'layer1\.2\.conv1\.weight' is missing"):
         load_model("resnet34", path)
+    with pytest.raises(UserError, match="is a weights file: name the architecture"):
+        load_model(str(path))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):

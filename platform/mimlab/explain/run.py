@@ -31,7 +31,7 @@ class ExplainResult:
 def read_image(path: Path) -> np.ndarray:
     """uint8 [H,W,3] RGB; a missing or undecodable file is a :class:`UserError`."""
     if not path.is_file():
-        raise UserError(f"image '{path}' does not exist")
+        raise UserError(f"image '{path}' does not exist" if not path.exists() else f"image '{path}' is not a file")
     try:
         from mimlab.data.sources import decode_rgb
     except ImportError:  # the data package is optional for explanation

@@ -283,6 +283,9 @@ def load_model(
         return _load_checkpoint(path, img_size, num_classes, student)
     if ":" in model and not path.exists():
         return _load_callable(model, weights, img_size)
+    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+        raise UserError(f"--model '{model}' is a weights file: name the architecture in --model (a timm name or "
+                        f"package.module:callable) and pass the file with --weights")
     if path.suffix in WEIGHT_SUFFIXES or "/" in model:
         raise UserError(f"--model '{model}': no such checkpoint (expected a timm name, a pretrain checkpoint "
                         f"directory, or package.module:callable)")
