@@ -12,6 +12,7 @@ samples resized to 224 px, random weights — nothing is downloaded):
 
     python bench/explain.py                  # the issue's setting
     python bench/explain.py --repeats 1 --models vit   # quick
+    python bench/explain.py --device cuda --scorecam   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ def photographs(n: int, size: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         result = fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
 
@@ -65,17 +73,19 @@ class PassCounter:
         self.handle.remove()
 
 
-def bench_model(timm_name: str, batch: int, repeats: int, scorecam: bool) -> None:
+def bench_model(timm_name: str, batch: int, repeats: int, scorecam: bool, device: str = "cpu") -> None:
     from mimlab.explain import EXPLAINERS, build_explainer, explain_many
     from mimlab.explain.run import preprocess
     from mimlab.models.loading import load_model
 
     loaded = load_model(timm_name, img_size=224)
     _, images = preprocess(list(photographs(batch, 224)), 224, loaded.mean, loaded.std)
+    loaded.module.to(device)
+    images = images.to(device)
     names = [n for n in EXPLAINERS.names() if loaded.kind == "vit" or not EXPLAINERS.get(n).vit_only]
     attention = [n for n in names if EXPLAINERS.get(n).reads_capture]
     others = [n for n in names if n not in attention]
-    print(f"\n== {timm_name} ({loaded.kind}), batch {batch}, 224 px, {torch.get_num_threads()} threads, "
+    print(f"\n== {timm_name} ({loaded.kind}) on {device}, batch {batch}, 224 px, {torch.get_num_threads()} threads, "
           f"median of {repeats} ==")
     print(f"{'method':<24}{'seconds':>10}{'maps/s':>10}{'passes':>8}")
     with torch.no_grad():
@@ -125,11 +135,12 @@ def main() -> None:
     p.add_argument("--models", default="vit,cnn", help="comma list of vit,cnn")
     p.add_argument("--scorecam", action="store_true", help="also time Score-CAM (hundreds of forwards per image)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     chosen = {"vit": "vit_small_patch16_224", "cnn": "resnet50"}
     for key in args.models.split(","):
-        bench_model(chosen[key.strip()], args.batch, args.repeats, args.scorecam)
+        bench_model(chosen[key.strip()], args.batch, args.repeats, args.scorecam, args.device)
 
 
 if __name__ == "__main__":
