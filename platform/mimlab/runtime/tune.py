@@ -157,7 +157,8 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
 
         result = run_pretrain(cfg, data=run.ctx.data_train, name=f"{run.ctx.sweep}-{trial_key(run.point.index, run.seed)}",
                               storage_path=run.ctx.storage_path, workers=run.ctx.workers_per_trial,
-                              gpus_per_worker=run.ctx.gpus_per_trial or None)
+                              gpus_per_worker=run.ctx.gpus_per_trial or None, tracking_uri=run.ctx.tracking_uri,
+                              experiment=f"{run.ctx.mlflow_experiment}-pretrain")
     else:
         from mimlab.pretrain.loop import pretrain_local
 
@@ -436,8 +437,9 @@ def run_sweep(
         started = time.monotonic()
         grid = _fit(exp, ctx, sweep_dir, seeds=seeds, cpus=cpus, gpus=gpus, concurrent=concurrent,
                     workers=workers_per_trial, resume=resume, callbacks=callbacks or [], echo=echo)
-        interrupted = any(r.metrics is None or r.metrics.get("phase") != "done" for r in grid if r.error is None)
         num_errors = grid.num_errors
+        finished = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("phase") == "done")
+        interrupted = finished + num_errors < len(exp.points) * seeds   # unstarted trials may be absent
         table = results_table(trial_uri, parent_id, metrics=exp.spec.plot.metrics)
         _close_parent(exp, trial_uri, parent_id, table, interrupted, num_errors, time.monotonic() - started)
     finally:
@@ -467,6 +469,11 @@ def _fit(exp: Experiment, ctx: TrialContext, sweep_dir: str, *, seeds: int, cpus
     if resume:
         tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
+        # The pickled RunConfig brings back the interrupted run's callbacks (old MLflow URL, old printer);
+        # Tuner.restore takes no RunConfig, so swap in this run's callbacks.
+        restored = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", None)
+        if restored is not None:
+            restored().callbacks = run_config.callbacks
         done = _count_done(sweep_dir)
         progress.done = done
         echo(f"resuming {sweep_dir}: {done} trial(s) already finished are not re-run")
