@@ -89,11 +89,6 @@ def _child(which: str, args: dict, queue) -> None:
     device = torch.device(args["device"])
     tr, tr_y, te, te_y = (t.to(device) for t in make_data(args["bank"], args["queries"], args["dim"],
                                                            args["classes"]))
-    base = _rss_mb()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
     from mimlab.evaluation.knn import knn_classify
 
     def ours(q, qy):
@@ -104,11 +99,20 @@ def _child(which: str, args: dict, queue) -> None:
         return reference_knn(tr, tr_y, q, qy, KS, 0.07, args["classes"])
 
     fn = ours if which == "ours" else reference
+    try:
+        _timed_call(fn, tr, te, te_y, device, queue)
+    except (RuntimeError, MemoryError) as err:  # e.g. torch.OutOfMemoryError of the full matrix
+        queue.put({"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
+
+
+def _timed_call(fn, tr, te, te_y, device, queue) -> None:
     fn(te[:8], te_y[:8])  # warm-up (CUDA context, cuBLAS handles, allocator) outside the timing, for both
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
+        base = torch.cuda.memory_allocated() / 2**20  # on a GPU the device memory is what grows
+    else:
+        base = _rss_mb()
     sampler = _PeakRss()
     t0 = time.perf_counter()
     res = fn(te, te_y)
@@ -117,16 +121,26 @@ def _child(which: str, args: dict, queue) -> None:
     seconds = time.perf_counter() - t0
     peak = sampler.stop()
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20  # device memory is what grows on a GPU
+        peak = torch.cuda.max_memory_allocated() / 2**20
     queue.put({"seconds": seconds, "peak_mb": peak - base, "results": {str(k): v for k, v in res.items()}})
 
 
 def run(which: str, args: dict) -> dict:
+    """One timed call in a fresh child; ``{"error": ...}`` if it failed (a killed child is noticed too)."""
+    import queue as queue_mod
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(which, args, queue))
     proc.start()
-    out = queue.get()
+    while True:
+        try:
+            out = queue.get(timeout=1.0)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                out = {"error": f"child exited with code {proc.exitcode} (out of memory?)"}
+                break
     proc.join()
     return out
 
@@ -146,23 +160,34 @@ def main() -> None:
     args = vars(a)
     print(f"k-NN bench: bank {a.bank} x {a.dim}, {a.queries} queries, {a.classes} classes, k={KS}, "
           f"device={a.device}, threads={a.threads}, repeats={a.repeats}", flush=True)
-    runs = {"ours": [], "reference": []}
+    runs: dict[str, list[dict]] = {"ours": [], "reference": []}
     for _ in range(a.repeats):
         for which in runs:
-            runs[which].append(run(which, args))
-            print(f"  {which:<9} {runs[which][-1]['seconds']:8.2f} s  peak +{runs[which][-1]['peak_mb']:8.0f} MiB",
-                  flush=True)
-    med = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
-    peak = {w: max(r["peak_mb"] for r in rs) for w, rs in runs.items()}
-    identical = all(r["results"] == runs["reference"][0]["results"] for rs in runs.values() for r in rs)
+            if runs[which] and "error" in runs[which][-1]:
+                continue  # a failure (e.g. out of memory) will not go away on a repeat
+            r = run(which, args)
+            runs[which].append(r)
+            print(f"  {which:<9} " + (f"FAILED: {r['error']}" if "error" in r else
+                                      f"{r['seconds']:8.2f} s  peak +{r['peak_mb']:8.0f} MiB"), flush=True)
+    ok = {w: [r for r in rs if "error" not in r] for w, rs in runs.items()}
+    med = {w: statistics.median(r["seconds"] for r in rs) for w, rs in ok.items() if rs}
+    peak = {w: max(r["peak_mb"] for r in rs) for w, rs in ok.items() if rs}
+    if "ours" not in med:
+        sys.exit(f"ours failed: {runs['ours'][-1]['error']}")
     print(f"ours       median {med['ours']:8.2f} s   peak memory +{peak['ours']:8.0f} MiB "
           f"(query chunk {a.chunk or 'auto'} x bank chunk {a.bank_chunk})")
+    if "reference" not in med:
+        print(f"reference  FAILED ({runs['reference'][-1]['error']}): the full {a.queries} x {a.bank} matrix + "
+              f"sort does not fit; ours ran in bounded memory")
+        print("results (ours): " + json.dumps(ok["ours"][0]["results"]))
+        return
+    identical = all(r["results"] == ok["reference"][0]["results"] for rs in ok.values() for r in rs)
     print(f"reference  median {med['reference']:8.2f} s   peak memory +{peak['reference']:8.0f} MiB "
           f"(full {a.queries} x {a.bank} matrix + full sort)")
     print(f"speed ratio reference/ours = {med['reference'] / med['ours']:.2f}x   "
           f"memory ratio reference/ours = {peak['reference'] / max(peak['ours'], 1):.1f}x")
     print(f"identical top-1/top-5 for every k: {identical}")
-    print("results (ours): " + json.dumps(runs["ours"][0]["results"]))
+    print("results (ours): " + json.dumps(ok["ours"][0]["results"]))
     if not identical:
         sys.exit(1)
 
