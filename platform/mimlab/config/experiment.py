@@ -163,7 +163,16 @@ def list_experiments(root: Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.stem for p in root.glob("*.yaml")
-                  if p.name != PROFILE_FILE and not p.name.startswith(_NOT_SWEEPS))
+                  if p.name != PROFILE_FILE and not p.name.startswith(_NOT_SWEEPS) and _is_sweep(p))
+
+
+def _is_sweep(path: Path) -> bool:
+    """A sweep file has a top-level ``sweep:`` or ``cases:`` (other YAMLs in experiments/ belong to others)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return True   # let load_experiment report the broken file
+    return isinstance(data, dict) and ("sweep" in data or "cases" in data)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
