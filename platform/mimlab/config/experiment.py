@@ -167,12 +167,12 @@ def list_experiments(root: Path | None = None) -> list[str]:
 
 
 def _is_sweep(path: Path) -> bool:
-    """A sweep file has a top-level ``sweep:`` or ``cases:`` (other YAMLs in experiments/ belong to others)."""
+    """Anything but a pretraining config (top-level ``model:``/``optim:``… sections belong to `platform pretrain`)."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return True   # let load_experiment report the broken file
-    return isinstance(data, dict) and ("sweep" in data or "cases" in data)
+    return not (isinstance(data, dict) and any(key in PretrainConfig.model_fields for key in data))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
