@@ -182,9 +182,12 @@ def features_ray(ref: ModelRef, src: str | None, split: str, *, size: int, n_las
 
     ensure_ray()
     ds = _image_dataset(src, split, size=size, batch_size=batch_size, limit=limit, augment=augment, seed=seed)
-    num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    resources = ray.cluster_resources()
+    num_gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+    # leave at least one CPU for the read/decode tasks, or a pool as large as the cluster starves them
+    num_cpus = max(0.25, min(1.0, (resources.get("CPU", 1) - 1) / workers))
     ds = ds.map_batches(_FeatureActor, compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
-                        batch_format="numpy", num_gpus=num_gpus, num_cpus=1,
+                        batch_format="numpy", num_gpus=num_gpus, num_cpus=num_cpus,
                         fn_constructor_kwargs={"ref": ref, "n_last_blocks": n_last_blocks})
     parts: dict[str, list[np.ndarray]] = {"knn": [], "linear": [], "label": []}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
