@@ -42,7 +42,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if store:
             kwargs["object_store_memory"] = int(store)
     try:
-        ray.init(address=address, **kwargs)
+        # "local" always starts a private runtime: a bare ray.init() would attach to whatever other local
+        # cluster happens to be running (another user's, a test's cluster_utils.Cluster).
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError) as err:
         if address:
             raise UserError(f"cannot reach the Ray cluster at '{address}': {err}") from None
