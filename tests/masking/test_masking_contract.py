@@ -81,10 +81,9 @@ def test_fixed_ratio_masks_every_image(name):
         assert (counts == 16).all()  # exactly ⌊64·0.25⌋
 
 
-@pytest.mark.parametrize("name", NAMES)
+# block undershoots per image and hint reveals a per-image count, so neither shares one exact count.
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("block", "attmask-hint")])
 def test_per_batch_ratio_is_shared(name):
-    if name in ("block", "attmask-hint"):
-        pytest.skip("block undershoots per image; hint reveals a per-image count")
     _, masks = _masks(name, batch=200, ratio_mode="per_batch", prob=0.5)
     counts = masks.sum(1)
     assert counts[counts > 0].unique().numel() == 1
