@@ -43,6 +43,26 @@ def resolve(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, fs._strip_protocol(text)
 
 
+def locate(url: str | os.PathLike | None) -> tuple[str, fsspec.AbstractFileSystem, str]:
+    """Resolve a data URL that must exist; ``None`` means the embedded dataset (generated on first use).
+
+    Returns:
+        ``(url text, filesystem, path)``.
+
+    Raises:
+        UserError: the path does not exist (or the scheme's package is missing, via :func:`resolve`).
+    """
+    if url is None:
+        from mimlab.data.synth import default_dataset
+
+        url = default_dataset()
+    text = os.fspath(url)
+    fs, path = resolve(text)
+    if not fs.exists(path):
+        raise UserError(f"no such file or folder: '{text}'")
+    return text, fs, path
+
+
 def to_pyarrow(fs: fsspec.AbstractFileSystem) -> Any:
     """Wrap an fsspec filesystem for pyarrow / Ray Data readers."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem

@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mimlab.data.fs import join, list_shards, read_json, resolve
+from mimlab.data.fs import join, list_shards, locate, read_json
 from mimlab.data.schema import CLASSES_FILE
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import iter_tables, read_schema
@@ -26,14 +26,7 @@ def dataset_info(url: str | os.PathLike | None = None, *, sample: int | None = 5
         ``{"url", "splits": {name: {"files", "images", "bytes", "classes", "class_names", "per_class",
         "sizes", "sized", "with_mask"}}}``; ``sizes`` maps ``"HxW"`` to a count over ``sized`` images.
     """
-    if url is None:
-        from mimlab.data.synth import default_dataset
-
-        url = default_dataset()
-    text = os.fspath(url)
-    fs, path = resolve(text)
-    if not fs.exists(path):
-        raise UserError(f"no such file or folder: '{text}'")
+    text, fs, path = locate(url)
     splits = {}
     if fs.isdir(path):
         subdirs = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False) if fs.isdir(p))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mimlab.data.fs import list_shards, resolve, to_pyarrow
+from mimlab.data.fs import list_shards, locate, to_pyarrow
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
 from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
@@ -38,14 +38,7 @@ def shard_files(url: str | os.PathLike | None, split: str | None = None, default
     """
     from mimlab.data.sources import pick_split
 
-    if url is None:
-        from mimlab.data.synth import default_dataset
-
-        url = default_dataset()
-    text = os.fspath(url)
-    fs, path = resolve(text)
-    if not fs.exists(path):
-        raise UserError(f"no such file or folder: '{text}'")
+    text, fs, path = locate(url)
     path, text = pick_split(fs, path, text, split, default_split)
     if source_kind(fs, path, text) != "shards":
         raise UserError(f"'{text}' is an image folder, not shards; convert it with `platform data shard`")

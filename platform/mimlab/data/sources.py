@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mimlab.data.fs import join, list_shards, resolve
+from mimlab.data.fs import join, list_shards, locate
 from mimlab.data.shards import iter_tables
 from mimlab.errors import UserError
 
@@ -92,14 +92,7 @@ def load_records(src: str | os.PathLike | None = None, *, split: str | None = No
     Raises:
         UserError: missing path, nothing loadable there, unknown split.
     """
-    if src is None:
-        from mimlab.data.synth import default_dataset
-
-        src = default_dataset()
-    url = os.fspath(src)
-    fs, path = resolve(url)
-    if not fs.exists(path):
-        raise UserError(f"no such file or folder: '{url}'")
+    url, fs, path = locate(src)
     path, url = pick_split(fs, path, url, split)
     if limit is not None and limit < 0:
         raise UserError(f"limit must be >= 0, got {limit}")
