@@ -58,3 +58,10 @@ def test_every_pretrain_experiment_loads_and_builds_its_masking(path):
                             contrastive=cfg.contrastive is not None)
     assert masking.num_global_crops == cfg.crops.global_crops
     assert isinstance(PretrainConfig.model_validate(cfg.resolved()), PretrainConfig)
+
+
+def test_fixed_ratio_without_fixed_mode_fails_on_load():
+    with pytest.raises(UserError, match="fixed_ratio is only used with masking.ratio_mode: fixed"):
+        load_pretrain_config({"masking": {"fixed_ratio": 0.3}})
+    cfg = load_pretrain_config({"masking": {"ratio_mode": "fixed", "fixed_ratio": 0.3}})
+    assert cfg.masking.fixed_ratio == 0.3

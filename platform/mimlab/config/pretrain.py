@@ -65,6 +65,8 @@ class MaskingConfig(_Section):
             raise ValueError(f"masking.ratio must be [low, high] with 0 <= low <= high <= 1, got {list(self.ratio)}")
         if self.ratio_mode == "fixed" and self.fixed_ratio is None:
             raise ValueError("masking.ratio_mode 'fixed' needs masking.fixed_ratio (a number in [0, 1])")
+        if self.ratio_mode != "fixed" and self.fixed_ratio is not None:
+            raise ValueError("masking.fixed_ratio is only used with masking.ratio_mode: fixed")
         return self
 
 
