@@ -53,6 +53,7 @@ class EvaluationSpec(_Strict):
     knn_temperature: float = Field(0.07, gt=0)
     linear: bool = True
     linear_epochs: int = Field(100, ge=1)
+    linear_lr: float = Field(0.003, gt=0)  # base lr per 256 images (thesis/DINO: 0.003 x batch/256)
     cached_features: bool = False
     train_limit: int | None = Field(None, ge=1)
     val_limit: int | None = Field(None, ge=1)

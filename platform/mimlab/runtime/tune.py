@@ -180,6 +180,7 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
     if ev.get("linear", True):
         lin = run_linear(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
+                         base_lr=float(ev.get("linear_lr", 0.003)),
                          limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
                          seed=run.seed, **_val_limit(run_linear, ev))
         flat = _numeric(lin)
