@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests run offline on 2 CPU cores; nothing here reads ../shared."""
+"""Shared fixtures. Tests run offline on 2 CPU cores; nothing here reads files outside the repository."""
 
 from __future__ import annotations
 

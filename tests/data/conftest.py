@@ -1,4 +1,4 @@
-"""Small datasets shared by the data-layer tests (generated in temp folders; nothing reads ../shared)."""
+"""Small datasets shared by the data-layer tests (generated in temp folders; nothing reads the development datasets outside the repo)."""
 
 from __future__ import annotations
 
