@@ -382,55 +382,26 @@ def log_result(result: SaliencyResult, *, prefix_methods: bool = True) -> None:
 
 def evaluate_saliency(
     *,
-    model: str,
-    weights: str | None = None,
-    data: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
-    metrics: list[str] | tuple[str, ...] | None = None,
-    img_size: int | None = None,
-    workers: int = 1,
-    batch_size: int = 16,
-    save_maps: bool = False,
-    out: str | Path = "saliency-eval",
     tracking_uri: str | None = None,
     experiment: str = "mimlab",
     run_name: str | None = None,
+    **options: Any,
 ) -> SaliencyResult:
-    """:func:`compute_saliency`, then one MLflow run: params, ``method/metric`` means, the files."""
+    """:func:`compute_saliency` (``options`` are its keyword arguments), then one MLflow run: params,
+    ``method/metric`` means, the files."""
     from mimlab.metrics import DEFAULT_METRICS
     from mimlab.runtime import tracking
 
     tracking.tracking_uri(tracking_uri)  # fail early on an unwritable store
-    metrics = list(metrics or DEFAULT_METRICS)
-    result = compute_saliency(
-        model=model,
-        weights=weights,
-        data=data,
-        split=split,
-        limit=limit,
-        methods=methods,
-        metrics=metrics,
-        img_size=img_size,
-        workers=workers,
-        batch_size=batch_size,
-        save_maps=save_maps,
-        out=out,
-    )
-    params = {
-        "model": model,
-        "weights": weights,
-        "data": data or "embedded",
-        "split": split,
-        "limit": limit,
-        "methods": ",".join(methods),
-        "metrics": ",".join(metrics),
-        "img_size": img_size,
-        "workers": workers,
-        "batch_size": batch_size,
-        "num_images": len(result.rows) // max(1, len(methods)),
-    }
+    options["metrics"] = list(options.get("metrics") or DEFAULT_METRICS)
+    options.setdefault("methods", DEFAULT_METHODS)
+    result = compute_saliency(**options)
+    model = options["model"]
+    params = {key: options.get(key) for key in ("model", "weights", "split", "limit", "img_size", "workers",
+                                                 "batch_size")}
+    params.update(data=options.get("data") or "embedded", methods=",".join(options["methods"]),
+                  metrics=",".join(options["metrics"]),
+                  num_images=len(result.rows) // max(1, len(options["methods"])))
     with tracking.run(
         run_name or f"saliency-{Path(str(model)).name}",
         uri=tracking_uri,
