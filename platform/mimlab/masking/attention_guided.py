@@ -72,8 +72,8 @@ class AttentionGuidedMask(MaskingStrategy):
         raise NotImplementedError
 
 
-class _LastOrGivenLayerRaw(AttentionGuidedMask):
-    """Head-mean [cls] attention of one block (default: the last)."""
+class _OneLayer(AttentionGuidedMask):
+    """A strategy that reads one block (key ``layer``, 1-based; default: the last)."""
 
     keys: ClassVar[frozenset[str]] = frozenset({"layer"})
 
@@ -81,6 +81,10 @@ class _LastOrGivenLayerRaw(AttentionGuidedMask):
         super().__init__(spec, params, depth)
         self.layer = spec_layer(spec, depth)
         self.layers = (self.layer,)
+
+
+class _LastOrGivenLayerRaw(_OneLayer):
+    """Head-mean [cls] attention of one block (default: the last)."""
 
     def score(self, ctx: MaskContext) -> Tensor:
         attn = captured_tensor(ctx, "attn", self.layer)
@@ -141,7 +145,7 @@ def _legacy_cumulative(scores: Tensor, enabled: bool) -> Tensor:
 
 
 @MASKING.register("attmask-pow")
-class AttMaskPow(AttentionGuidedMask):
+class AttMaskPow(_OneLayer):
     """Thesis AttMask-Pow(p): head mean of [cls] attention^p (``attmask-pow:p=P[,layer=L]``, default last block).
 
     With ``legacy_cumulative_headsum_bug`` the score is the running sum over the batch (B4).
@@ -155,8 +159,6 @@ class AttMaskPow(AttentionGuidedMask):
         if p is None or not p > 0:
             raise UserError(f"masking strategy '{spec.text}': needs a power p > 0 (e.g. attmask-pow:p=0.5)")
         self.p = p
-        self.layer = spec_layer(spec, depth)
-        self.layers = (self.layer,)
 
     def score(self, ctx: MaskContext) -> Tensor:
         attn = captured_tensor(ctx, "attn", self.layer).float()
@@ -164,19 +166,13 @@ class AttMaskPow(AttentionGuidedMask):
 
 
 @MASKING.register("attmask-log")
-class AttMaskLog(AttentionGuidedMask):
+class AttMaskLog(_OneLayer):
     """Thesis AttMask-Log: head mean of log [cls] attention, from the logits (no log 0); ≡ mean-logit ranking.
 
     With ``legacy_cumulative_headsum_bug`` the score is the running sum over the batch (B4).
     """
 
     needs_logits: ClassVar[bool] = True
-    keys: ClassVar[frozenset[str]] = frozenset({"layer"})
-
-    def __init__(self, spec: MethodSpec, params: MaskParams, depth: int) -> None:
-        super().__init__(spec, params, depth)
-        self.layer = spec_layer(spec, depth)
-        self.layers = (self.layer,)
 
     def score(self, ctx: MaskContext) -> Tensor:
         logits = captured_tensor(ctx, "logits", self.layer).float()
