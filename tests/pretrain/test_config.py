@@ -65,3 +65,13 @@ def test_fixed_ratio_without_fixed_mode_fails_on_load():
         load_pretrain_config({"masking": {"fixed_ratio": 0.3}})
     cfg = load_pretrain_config({"masking": {"ratio_mode": "fixed", "fixed_ratio": 0.3}})
     assert cfg.masking.fixed_ratio == 0.3
+
+
+def test_blur_radius_reaches_the_crop_pipeline_and_is_checked():
+    from mimlab.pretrain.data_local import multicrop_config
+
+    cfg = load_pretrain_config({}, ["crops.blur_radius=[0.02,0.3]"])
+    assert multicrop_config(cfg).blur_radius == (0.02, 0.3)
+    assert multicrop_config(load_pretrain_config({}, [])).blur_radius == (0.1, 2.0)  # DINO's default
+    with pytest.raises(UserError, match="blur_radius"):  # refused at load time, not in a crop worker
+        load_pretrain_config({}, ["crops.blur_radius=[0.5,0.1]"])

@@ -89,3 +89,29 @@ def test_centre_update_uses_all_patch_tokens_not_only_masked():
     torch.testing.assert_close(loss.center2[0, 0], 0.1 * t_patch.reshape(-1, K).mean(0))
     loss.update_center(t_cls, t_patch)
     torch.testing.assert_close(loss.center, 0.19 * t_cls.mean(0, keepdim=True))
+
+
+def test_collapse_diagnostics_separate_uniform_one_hot_and_healthy_targets():
+    G, B, N, K = 2, 4, 3, 8
+    loss = IBOTLoss(K, G)
+    masks = torch.zeros(G * B, N, dtype=torch.bool)
+    s_cls, t_patch = torch.zeros(G * B, K), torch.zeros(G * B, N, K)
+
+    def diagnostics(t_cls):
+        out = loss(s_cls, t_patch[masks], t_cls, t_patch, masks, 0.04, 0.04)
+        return float(out["teacher_entropy"]), float(out["teacher_kl_to_mean"])
+
+    # uniform collapse: equal logits -> entropy ln K (independent: max entropy of K outcomes), KL 0
+    h, kl = diagnostics(torch.zeros(G * B, K))
+    assert math.isclose(h, math.log(K), rel_tol=1e-5) and abs(kl) < 1e-6
+    # one-hot collapse: every image puts all mass on prototype 0 -> entropy 0, KL 0
+    same = torch.zeros(G * B, K)
+    same[:, 0] = 100.0
+    h, kl = diagnostics(same)
+    assert h < 1e-6 and abs(kl) < 1e-6
+    # healthy: image b of each crop one-hot on prototype b -> entropy 0, KL = ln B (the batch mean is uniform
+    # over B prototypes, so each one-hot row is ln B away from it)
+    spread = torch.zeros(G * B, K)
+    spread[torch.arange(G * B), torch.arange(G * B) % B] = 100.0
+    h, kl = diagnostics(spread)
+    assert h < 1e-6 and math.isclose(kl, math.log(B), rel_tol=1e-5)

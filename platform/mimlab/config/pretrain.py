@@ -46,6 +46,15 @@ class CropsConfig(_Section):
     local_size: int = Field(96, ge=8)
     global_scale: tuple[float, float] = (0.25, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.25)
+    blur_radius: tuple[float, float] = (0.1, 2.0)  # PIL Gaussian radius in pixels (DINO's, meant for 224/96 px)
+
+    @model_validator(mode="after")
+    def _check_with_pipeline(self) -> CropsConfig:
+        """The crop pipeline's own range checks (scales in (0, 1], lo <= hi), at load time."""
+        from mimlab.data.transforms import MultiCropConfig
+
+        MultiCropConfig(**self.model_dump())
+        return self
 
 
 class MaskingConfig(_Section):

@@ -49,7 +49,10 @@ class IBOTLoss(nn.Module):
             teacher_temp: τ_t of this epoch; ``teacher_patch_temp``: τ_p of this epoch.
 
         Returns:
-            ``loss`` (= λ1·cls + λ2·patch), ``loss_cls``, ``loss_patch`` (both unweighted, scalars).
+            ``loss`` (= λ1·cls + λ2·patch), ``loss_cls``, ``loss_patch`` (both unweighted, scalars), and the
+            collapse diagnostics of the teacher [cls] targets: ``teacher_entropy`` (mean per-image entropy) and
+            ``teacher_kl_to_mean`` (mean KL to the batch-mean distribution; ≈ 0 when every image gets the same
+            target, i.e. collapse, whether uniform or one-hot).
         """
         g = self.num_global
         n_img = teacher_cls.shape[0] // g  # B
@@ -75,7 +78,12 @@ class IBOTLoss(nn.Module):
         per_image = per_image / masks.sum(1).clamp(min=1).to(per_image.dtype)
         loss_patch = per_image.mean()
         total = self.lambda1 * loss_cls + self.lambda2 * loss_patch
-        return {"loss": total, "loss_cls": loss_cls.detach(), "loss_patch": loss_patch.detach()}
+        with torch.no_grad():  # collapse diagnostics (DINO §5.3): both -> 0 = one-hot collapse, both -> ln K = uniform
+            entropy = -(t_prob * t_prob.clamp_min(1e-12).log()).sum(-1).mean()
+            batch_prob = t_prob.mean(dim=(0, 1))  # [G,B,K] -> [K]
+            kl_to_mean = (t_prob * (t_prob.clamp_min(1e-12).log() - batch_prob.clamp_min(1e-12).log())).sum(-1).mean()
+        return {"loss": total, "loss_cls": loss_cls.detach(), "loss_patch": loss_patch.detach(),
+                "teacher_entropy": entropy, "teacher_kl_to_mean": kl_to_mean}
 
     @torch.no_grad()
     def update_center(self, teacher_cls: Tensor, teacher_patch: Tensor) -> None:
