@@ -178,6 +178,7 @@ def _train_fn(config: dict[str, Any]) -> None:
                 ray.train.report({"diverged": str(err), "epoch": epoch})
                 return
             metrics["epoch"] = epoch
+            metrics["torch_threads"] = torch.get_num_threads()  # CPU runs: what Ray's num_cpus left the worker
             if world > 1:
                 metrics["teacher_rank_spread"] = _teacher_spread(parts.teacher)
             if rank == 0:
