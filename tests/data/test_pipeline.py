@@ -44,6 +44,14 @@ def test_multicrop_shapes_and_per_epoch_redraw(ray_local, small_synth):
     assert len(_digests(first["global_0"]) & _digests(second["global_0"])) < 5
 
 
+def test_multicrop_limit_is_exact_and_redrawn_per_pass(ray_local, small_synth):
+    ds = multicrop_dataset(small_synth, CFG, split="train", batch_size=16, limit=20)
+    first, labels = _epoch(ds)
+    assert len(labels) == 20 and all(len(a) == 20 for a in first.values())
+    second, _ = _epoch(ds)
+    assert len(_digests(first["global_0"]) & _digests(second["global_0"])) < 5
+
+
 def test_seeded_pipeline_repeats_and_plain_path_equals_file_url(ray_local, small_synth):
     a, _ = _epoch(multicrop_dataset(small_synth / "train", CFG, seed=1, batch_size=16))
     b, _ = _epoch(multicrop_dataset(f"file://{small_synth}/train", CFG, seed=1, batch_size=16, workers=1))

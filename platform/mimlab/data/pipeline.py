@@ -71,7 +71,7 @@ def read_shards(url: str | os.PathLike | None, *, split: str | None = None, colu
 
 def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None = None, *, split: str | None = None,
                       seed: int | None = None, batch_size: int = 64, workers: int | None = None,
-                      shuffle_files: bool = True, tag: str | None = None):
+                      shuffle_files: bool = True, tag: str | None = None, limit: int | None = None):
     """Shards → iBOT multi-crop views, streamed.
 
     Args:
@@ -82,6 +82,9 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
         batch_size: rows per ``map_batches`` call.
         workers: size of a fixed actor pool for the crop stage (``ActorPoolStrategy``); ``None`` ⇒ Ray tasks.
         tag: name under which skipped images are counted (default: a fresh id, stored as ``ds.skip_tag``).
+        limit: keep only the first ``limit`` rows of the (file-shuffled) read, *before* cropping. A ``.limit()``
+            after the crop stage still crops whole read blocks: 256 of 4,000 images took 5.8–7.6 s that way
+            against 1.4–1.6 s limited first (2-core CPU).
 
     Returns:
         ``ray.data.Dataset`` with columns ``global_0..``, ``local_0..`` (``uint8 [S,S,3]``) and ``label``.
@@ -89,6 +92,8 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
     cfg = cfg or MultiCropConfig()
     tag = tag or f"multicrop-{uuid.uuid4().hex[:8]}"
     ds = read_shards(url, split=split, columns=["image", "label", "path"], shuffle_files=shuffle_files)
+    if limit is not None:
+        ds = ds.limit(limit)
     out = _map(ds, _MultiCropBatch, dict(cfg=cfg, seed=seed, tag=tag), batch_size, workers)
     out.skip_tag = tag
     return out

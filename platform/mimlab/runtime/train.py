@@ -291,7 +291,7 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
     if steps < 1:
         raise UserError(f"the training data has {rows} images, fewer than one global batch "
                         f"({cfg.optim.batch_size_per_worker} per worker x {world} workers)")
-    ds = multicrop_dataset(url, multicrop_config(cfg), split=split).limit(steps * global_batch)
+    ds = multicrop_dataset(url, multicrop_config(cfg), split=split, limit=steps * global_batch)
     local_dir = None
     if train.num_workers == 0:
         if "://" in storage:
