@@ -57,6 +57,15 @@ def raw_pow(attn: Tensor, p: float, num_prefix: int = 1) -> Tensor:
     return attn[:, :, 0, num_prefix:].pow(p).mean(1)  # [B,H,N,N] -> [B,Np]
 
 
+def _rollout_factor(attn: Tensor) -> Tensor:
+    """One block's rollout factor ``Ã = rownorm(mean_h A + I)``: ``[B,H,N,N]`` -> ``[B,N,N]`` (fp32 for half input)."""
+    mean = attn.mean(1)  # [B,H,N,N] -> [B,N,N]
+    if mean.dtype in (torch.float16, torch.bfloat16):
+        mean = mean.float()
+    aug = mean + torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+    return aug / aug.sum(-1, keepdim=True)  # rows sum to 1
+
+
 def rollout_matrix(attns: Sequence[Tensor], order: str = "descending") -> Tensor:
     """The rollout product over blocks given in forward order. Each ``[B,H,N,N]``; returns ``[B,N,N]``.
 
@@ -70,12 +79,7 @@ def rollout_matrix(attns: Sequence[Tensor], order: str = "descending") -> Tensor
         raise ValueError("rollout needs at least one attention tensor")
     result: Tensor | None = None
     for a in attns:
-        mean = a.mean(1)  # [B,H,N,N] -> [B,N,N]
-        if mean.dtype in (torch.float16, torch.bfloat16):
-            mean = mean.float()
-        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-        aug = mean + eye
-        aug = aug / aug.sum(-1, keepdim=True)  # rows sum to 1
+        aug = _rollout_factor(a)
         if result is None:
             result = aug
         elif order == "descending":
@@ -100,12 +104,7 @@ def rollout(attns: Sequence[Tensor], order: str = "descending", num_prefix: int 
     chain = list(reversed(attns)) if order == "descending" else list(attns)
     row: Tensor | None = None
     for a in chain:
-        mean = a.mean(1)  # [B,H,N,N] -> [B,N,N]
-        if mean.dtype in (torch.float16, torch.bfloat16):
-            mean = mean.float()
-        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-        aug = mean + eye
-        aug = aug / aug.sum(-1, keepdim=True)  # rows sum to 1
+        aug = _rollout_factor(a)
         row = aug[:, 0] if row is None else torch.bmm(row.unsqueeze(1), aug).squeeze(1)  # [B,N] x [B,N,N] -> [B,N]
     assert row is not None
     return row[:, num_prefix:]  # [B,N] -> [B,Np]
