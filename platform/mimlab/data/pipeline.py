@@ -95,6 +95,11 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
     if limit is not None:
         ds = ds.limit(limit)
     out = _map(ds, _MultiCropBatch, dict(cfg=cfg, seed=seed, tag=tag), batch_size, workers)
+    # Ray's 128 MiB default makes a crop task hand over its output only when the whole read block is cropped, so
+    # every epoch waits for a full block before its first batch. Blocks of about one batch stream out as they are
+    # made. Measured on 1,280 demo images (2-core CPU): first batch after 1.5-1.9 s instead of 2.9-3.9 s.
+    row_bytes = 3 * (cfg.global_crops * cfg.global_size ** 2 + cfg.local_crops * cfg.local_size ** 2)
+    out.context.target_max_block_size = max(1 << 20, batch_size * row_bytes)
     out.skip_tag = tag
     return out
 
