@@ -57,6 +57,13 @@ def raw_pow(attn: Tensor, p: float, num_prefix: int = 1) -> Tensor:
     return attn[:, :, 0, num_prefix:].pow(p).mean(1)  # [B,H,N,N] -> [B,Np]
 
 
+def _check_rollout_args(attns: Sequence[Tensor], order: str) -> None:
+    if order not in ROLLOUT_ORDERS:
+        raise ValueError(f"rollout order must be one of {ROLLOUT_ORDERS}, got {order!r}")
+    if not attns:
+        raise ValueError("rollout needs at least one attention tensor")
+
+
 def _rollout_factor(attn: Tensor) -> Tensor:
     """One block's rollout factor ``Ã = rownorm(mean_h A + I)``: ``[B,H,N,N]`` -> ``[B,N,N]`` (fp32 for half input)."""
     mean = attn.mean(1)  # [B,H,N,N] -> [B,N,N]
@@ -73,10 +80,7 @@ def rollout_matrix(attns: Sequence[Tensor], order: str = "descending") -> Tensor
     ``descending`` (Abnar, default, faithful): ``Ã_b ··· Ã_a`` — later blocks on the left.
     ``ascending`` (thesis legacy, bug B3): ``Ã_a ··· Ã_b`` — earlier blocks on the left.
     """
-    if order not in ROLLOUT_ORDERS:
-        raise ValueError(f"rollout order must be one of {ROLLOUT_ORDERS}, got {order!r}")
-    if not attns:
-        raise ValueError("rollout needs at least one attention tensor")
+    _check_rollout_args(attns, order)
     result: Tensor | None = None
     for a in attns:
         aug = _rollout_factor(a)
@@ -96,10 +100,7 @@ def rollout(attns: Sequence[Tensor], order: str = "descending", num_prefix: int 
     Only the cls row is needed, so it is carried as a row vector through vector-matrix products
     (``e_0ᵀ Ã_b ··· Ã_a``): O(L·N²) per image instead of the O(L·N³) matrix chain.
     """
-    if order not in ROLLOUT_ORDERS:
-        raise ValueError(f"rollout order must be one of {ROLLOUT_ORDERS}, got {order!r}")
-    if not attns:
-        raise ValueError("rollout needs at least one attention tensor")
+    _check_rollout_args(attns, order)
     # the leftmost factor is the last block (descending) or the first block (ascending)
     chain = list(reversed(attns)) if order == "descending" else list(attns)
     row: Tensor | None = None

@@ -79,9 +79,10 @@ class IBOTLoss(nn.Module):
         loss_patch = per_image.mean()
         total = self.lambda1 * loss_cls + self.lambda2 * loss_patch
         with torch.no_grad():  # collapse diagnostics (DINO §5.3): both -> 0 = one-hot collapse, both -> ln K = uniform
-            entropy = -(t_prob * t_prob.clamp_min(1e-12).log()).sum(-1).mean()
-            batch_prob = t_prob.mean(dim=(0, 1))  # [G,B,K] -> [K]
-            kl_to_mean = (t_prob * (t_prob.clamp_min(1e-12).log() - batch_prob.clamp_min(1e-12).log())).sum(-1).mean()
+            log_p = t_prob.clamp_min(1e-12).log()  # [G,B,K]
+            entropy = -(t_prob * log_p).sum(-1).mean()
+            batch_log = t_prob.mean(dim=(0, 1)).clamp_min(1e-12).log()  # [G,B,K] -> [K]
+            kl_to_mean = (t_prob * (log_p - batch_log)).sum(-1).mean()
         return {"loss": total, "loss_cls": loss_cls.detach(), "loss_patch": loss_patch.detach(),
                 "teacher_entropy": entropy, "teacher_kl_to_mean": kl_to_mean}
 
