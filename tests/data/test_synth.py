@@ -7,7 +7,8 @@ import pytest
 
 from mimlab.data.shapes import SHAPE_ORDER, SHAPES
 from mimlab.data.sources import decode_mask, decode_rgb, load_records
-from mimlab.data.synth import default_dataset, render, write_synthetic
+from mimlab.data.synth import DARK, LIGHT, default_dataset, render, texture, write_synthetic
+from mimlab.data.textures import TEXTURE_ORDER
 from mimlab.errors import UserError
 
 
@@ -37,11 +38,13 @@ def test_images_masks_aligned_and_classes_balanced(small_synth):
         img, mask = decode_rgb(rec.image), decode_mask(rec.mask)
         assert img.shape == (32, 32, 3) and mask.shape == (32, 32)
         assert 10 <= mask.sum() <= 0.9 * mask.size
-        # the object is painted in one flat colour exactly where the mask is set
-        inside = np.unique(img[mask], axis=0)
-        assert len(inside) == 1
-        # and the textured background rarely (never, in practice) repeats that exact colour
-        assert (img[~mask] == inside[0]).all(axis=1).mean() < 0.05
+        # the object is painted in exactly the two palette colours where the mask is set, and only there
+        inside = {tuple(c) for c in np.unique(img[mask], axis=0)}
+        assert inside <= {tuple(LIGHT), tuple(DARK)}
+        assert not np.isin(img[~mask].view([("", img.dtype)] * 3), np.array([tuple(LIGHT), tuple(DARK)],
+                           dtype=[("", img.dtype)] * 3)).any()
+        # class 0 (solid) is all light; every other class shows both colours
+        assert (inside == {tuple(LIGHT)}) == (rec.label == 0)
         assert SHAPE_ORDER[rec.label] in rec.path
 
 
@@ -60,6 +63,29 @@ def test_shapes_differ_in_form():
     assert len({round(v, 3) for v in filled.values()}) == len(SHAPE_ORDER)  # all silhouettes differ
     # circle area ≈ π r² / 64²; an independent closed form for one shape keeps the drawing honest
     assert abs(filled["circle"] - np.pi * 24 ** 2 / 64 ** 2) < 0.02
+
+
+def test_textures_differ_and_survive_a_horizontal_flip():
+    """Each class's texture has its own dark-pixel pattern; flipping an image (as the crop pipeline does) keeps
+    the texture's statistics, so a flip never turns one class's texture into another's."""
+    size = 64
+    stats = {}
+    for name in TEXTURE_ORDER:
+        dark = texture(np.random.default_rng(0), name, size, (32.0, 32.0))
+        # fraction of dark pixels, and how often a pixel equals its right / lower neighbour: a signature that
+        # separates stripes from their rotation, checker from dots, etc. (computed here, not from the module)
+        horiz = (dark[:, 1:] == dark[:, :-1]).mean()
+        vert = (dark[1:, :] == dark[:-1, :]).mean()
+        # a horizontal flip swaps the two diagonals: equal diagonal statistics = a flip leaves the texture's look
+        down_right = (dark[1:, 1:] == dark[:-1, :-1]).mean()
+        down_left = (dark[1:, :-1] == dark[:-1, 1:]).mean()
+        assert abs(down_right - down_left) < 0.05, name
+        stats[name] = (round(float(dark.mean()), 2), round(float(horiz), 2), round(float(vert), 2))
+    assert stats["solid"] == (0.0, 1.0, 1.0)
+    assert stats["hstripes"][1] == 1.0 and stats["hstripes"][2] < 0.9  # constant along rows, varies down columns
+    assert stats["vstripes"][2] == 1.0 and stats["vstripes"][1] < 0.9
+    assert 0.4 < stats["speckle"][0] < 0.6 and stats["speckle"][1] < 0.6  # no spatial structure
+    assert len(set(stats.values())) == len(TEXTURE_ORDER)  # all signatures differ
 
 
 def test_render_is_a_function_of_the_generator():

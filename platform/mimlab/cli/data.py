@@ -19,11 +19,11 @@ def synth(
     out: Annotated[str, typer.Argument(help="output folder URL (path, file://, s3://, gs://); gets train/ and val/")],
     num_images: Annotated[int, typer.Option(help="total images (train + val)")] = 5000,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 32,
-    classes: Annotated[int, typer.Option(help="number of shape classes (2..10)")] = 10,
+    classes: Annotated[int, typer.Option(help="number of classes (2..10; class k = shape k with texture k)")] = 10,
     seed: Annotated[int, typer.Option(help="generator seed; same seed ⇒ identical shards")] = 0,
     split_val: Annotated[float, typer.Option(help="fraction of images in val/")] = 0.2,
 ) -> None:
-    """Generate the embedded synthetic dataset (shapes on cluttered backgrounds, with exact masks) as shards."""
+    """Generate the embedded synthetic dataset (textured shapes on a plain background, with exact masks) as shards."""
     from mimlab.data.synth import write_synthetic
 
     summary = write_synthetic(out, num_images=num_images, size=size, classes=classes, seed=seed,

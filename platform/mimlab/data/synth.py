@@ -1,8 +1,16 @@
-"""The embedded dataset: procedurally generated shapes on cluttered, textured backgrounds, with exact masks.
+"""The embedded dataset: textured shapes on a plain background, with exact masks (version 2).
+
+Class ``k`` is shape ``SHAPE_ORDER[k]`` filled with texture ``TEXTURE_ORDER[k]`` (two-tone, drawn in the same two
+colours for every class) on a plain, noisy background of one fixed colour. Position, size, rotation, texture
+period and phase vary per image; colour never does. So two crops of an image share its class (form and texture)
+and little else — the setting in which self-supervised pretraining can beat random features within a few CPU
+minutes. Version 1 (one random flat colour per object on random coloured clutter) was not learnable at CPU scale
+even with labels, and self-distillation learned its per-image colours instead of classes
+(``docs/pretraining-notes.md``).
 
 Each image ``i`` is rendered from its own generator ``numpy.random.default_rng([seed, i])``, so the dataset is
 a pure function of its parameters (same seed ⇒ byte-identical shards). Class ``i % classes`` ⇒ balanced classes.
-Images and masks are PNG (lossless), so the mask is exactly the set of pixels painted with the object colour.
+Images and masks are PNG (lossless), so the mask is exactly the set of pixels painted in the two object colours.
 """
 
 from __future__ import annotations
@@ -22,22 +30,27 @@ from mimlab.data.schema import CLASSES_FILE, records_table
 from mimlab.data.shapes import SHAPE_ORDER, SHAPES
 from mimlab.data.shards import shard_name, write_shard
 from mimlab.data.sources import encode_png
+from mimlab.data.textures import TEXTURE_ORDER, TEXTURES
 from mimlab.errors import UserError
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 DEFAULTS = {"num_images": 5000, "size": 32, "classes": 10, "seed": 0, "split_val": 0.2}
 _SUPERSAMPLE = 4
+LIGHT = np.array([235, 225, 200], dtype=np.uint8)  # the object's two colours (the same for every class)
+DARK = np.array([40, 50, 90], dtype=np.uint8)
+BACKGROUND = np.array([112, 112, 124], dtype=np.float32)  # plus N(0, 6) pixel noise: never equals LIGHT/DARK
+PERIOD_PX = (3.0, 6.0)  # texture period range at 32 px; scales with the image size
 
 
 def render(rng: np.random.Generator, shape: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render one image of ``shape``.
+    """Render one image of the class whose shape is ``shape`` (and whose texture has the same index).
 
     Returns:
-        ``(image uint8 [size,size,3], mask bool [size,size])``; ``image[mask]`` is the flat object colour.
+        ``(image uint8 [size,size,3], mask bool [size,size])``; ``image[mask]`` holds only ``LIGHT`` and ``DARK``.
     """
-    image = _background(rng, size)
-    r = size * rng.uniform(0.22, 0.42)
-    cx, cy = rng.uniform(r * 0.9, size - r * 0.9, size=2)
+    image = np.clip(BACKGROUND + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    r = size * rng.uniform(0.28, 0.45)
+    cx, cy = rng.uniform(r * 0.8, size - r * 0.8, size=2)
     angle = rng.uniform(0, 2 * np.pi)
     big = size * _SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
@@ -45,42 +58,18 @@ def render(rng: np.random.Generator, shape: str, size: int) -> tuple[np.ndarray,
     mask = np.asarray(canvas.resize((size, size), Image.Resampling.BOX)) >= 128  # [4S,4S] -> [S,S]
     if not mask.any():  # degenerate draw (never seen, but keep the mask non-empty)
         mask[int(cy) % size, int(cx) % size] = True
-    colour = _object_colour(rng, image[mask].mean(axis=0))
-    image[mask] = colour
+    dark = texture(rng, TEXTURE_ORDER[SHAPE_ORDER.index(shape)], size, (cx, cy))
+    image[mask] = np.where(dark[..., None], DARK, LIGHT)[mask]
     return image, mask
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Textured clutter: smooth colour field + stripes + pixel noise + distractor dots and segments."""
-    coarse = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.float32)
-    field = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
-                       dtype=np.float32)  # [4,4,3] -> [S,S,3]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    theta, period = rng.uniform(0, np.pi), rng.uniform(3, 9)
-    stripes = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)  # [S,S]
-    stripe_colour = rng.uniform(-1, 1, size=3).astype(np.float32) * rng.uniform(15, 45)
-    img = field + stripes[..., None] * stripe_colour + rng.normal(0, 12, size=(size, size, 3))
-    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(3, 8))):
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        x, y = rng.uniform(0, size, size=2)
-        if rng.random() < 0.5:
-            rad = rng.uniform(0.5, size * 0.07)
-            draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=colour)
-        else:
-            dx, dy = rng.uniform(-size * 0.3, size * 0.3, size=2)
-            draw.line((x, y, x + dx, y + dy), fill=colour, width=1)
-    return np.array(canvas, dtype=np.uint8)
-
-
-def _object_colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
-    """A random colour at L1 distance ≥ 120 from the mean background under the object."""
-    for _ in range(32):
-        colour = rng.integers(0, 256, size=3)
-        if np.abs(colour - behind).sum() >= 120:
-            break
-    return colour.astype(np.uint8)
+def texture(rng: np.random.Generator, name: str, size: int, centre: tuple[float, float]) -> np.ndarray:
+    """The ``bool [size,size]`` dark-pixel pattern of texture ``name``, random period and phase."""
+    period = rng.uniform(*PERIOD_PX) * size / 32
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # [S,S] pixel coordinates
+    x, y = xx + rng.uniform(0, period), yy + rng.uniform(0, period)
+    r = np.hypot(xx - centre[0], yy - centre[1])
+    return TEXTURES.get(name)(x, y, r, period, rng)
 
 
 def check_params(*, num_images: int, size: int, classes: int, seed: int, split_val: float) -> None:
