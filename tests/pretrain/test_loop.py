@@ -81,3 +81,34 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_pat
     assert (tmp_path / "latest").read_text() == "checkpoint-0000"
     state = torch.load(tmp_path / "checkpoint-0000" / "state.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["student"].values())
+
+
+def test_knn_is_logged_only_where_measured_but_carried_in_the_result(tiny_data, tmp_path):
+    """knn_every=2 over 4 epochs measures at epochs 1 and 3. The sink gets k-NN points only there (plus the
+    untrained model at -1); the per-epoch metrics (result, checkpoint) carry the last value into epoch 2."""
+
+    class Sink:
+        def __init__(self):
+            self.epochs = []
+
+        def log_step(self, step, metrics):
+            pass
+
+        def log_epoch(self, epoch, metrics):
+            self.epochs.append((epoch, dict(metrics)))
+
+        def log_image(self, *args):
+            pass
+
+    sink, seen = Sink(), []
+    pretrain_local(micro_cfg(*LOOP[:1], *LOOP[2:], "eval.knn_every=2", "optim.epochs=4", "eval.probe_images=0"),
+                   data=tiny_data, out_dir=tmp_path, sink=sink, on_epoch=lambda e, m: seen.append((e, m)))
+    logged = {e: m for e, m in sink.epochs}
+    assert sorted(logged) == [-1, 0, 1, 2, 3]
+    assert set(logged[-1]) == {"knn_top1"}
+    assert [e for e in range(4) if "knn_top1" in logged[e]] == [1, 3]
+    assert all("knn_top1_init" not in logged[e] for e in range(4))
+    per_epoch = dict(seen)
+    assert "knn_top1" not in per_epoch[0]  # nothing measured yet
+    assert per_epoch[2]["knn_top1"] == logged[1]["knn_top1"]  # carried from epoch 1
+    assert all("knn_top1_init" in m and m["knn_top1_init"] == logged[-1]["knn_top1"] for _, m in seen)

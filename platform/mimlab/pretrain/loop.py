@@ -64,6 +64,23 @@ def epoch_diagnostics(parts, monitor, epoch: int, sink: MetricSink | None, every
     return out
 
 
+def carry_forward(metrics: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
+    """Add the k-NN figures an epoch did not measure to ``metrics`` (for the checkpoint and the result).
+
+    ``knn_top1_init`` always comes from ``history``; ``knn_top1`` from the last epoch that measured it.
+
+    Returns:
+        a copy of ``metrics`` as measured, before the additions: what goes to the metric sink, so an MLflow curve
+        has points only at the epochs where k-NN ran.
+    """
+    measured = dict(metrics)
+    if "knn_top1_init" in history:
+        metrics["knn_top1_init"] = history["knn_top1_init"]
+    if "knn_top1" not in metrics and "knn_top1" in history.get("last", {}):
+        metrics["knn_top1"] = history["last"]["knn_top1"]
+    return measured
+
+
 def pretrain_local(cfg: Any, *, data: str | None = None, out_dir: str | os.PathLike,
                    on_epoch: Callable[[int, dict[str, Any]], None] | None = None, resume: bool = True,
                    sink: MetricSink | None = None) -> PretrainResult:
@@ -112,6 +129,8 @@ def pretrain_local(cfg: Any, *, data: str | None = None, out_dir: str | os.PathL
         init = monitor.knn_top1(parts.teacher)
         if init is not None:
             history["knn_top1_init"] = init
+            if sink is not None:
+                sink.log_epoch(-1, {"knn_top1": init})  # the curve starts at the untrained model, as on Ray
     G, L = cfg.crops.global_crops, cfg.crops.local_crops
     metrics: dict[str, Any] = dict(history.get("last", {}))
     checkpoint_dir = str(latest) if latest is not None else ""
@@ -126,15 +145,11 @@ def pretrain_local(cfg: Any, *, data: str | None = None, out_dir: str | os.PathL
             raise DivergedLoss(f"{err}; run stopped, last good checkpoint: {where}") from None
         metrics.update(epoch_diagnostics(parts, monitor, epoch, sink, cfg.eval.knn_every))
         metrics["epoch"] = epoch
-        for key in ("knn_top1_init",):
-            if key in history:
-                metrics[key] = history[key]
-        if "knn_top1" not in metrics and "knn_top1" in history.get("last", {}):
-            metrics["knn_top1"] = history["last"]["knn_top1"]
+        measured = carry_forward(metrics, history)
         history["last"] = dict(metrics)
         checkpoint_dir = ckpts.save(parts, epoch, history)
         if sink is not None:
-            sink.log_epoch(epoch, metrics)
+            sink.log_epoch(epoch, measured)
         if on_epoch is not None:
             on_epoch(epoch, dict(metrics))
     if not checkpoint_dir:

@@ -104,7 +104,7 @@ def _train_fn(config: dict[str, Any]) -> None:
     from mimlab.pretrain.build import IMAGENET_MEAN, IMAGENET_STD, build_parts
     from mimlab.pretrain.checkpoint import LocalCheckpoints, load_state, restore, save_checkpoint
     from mimlab.pretrain.engine import DivergedLoss, crops_from_columns, train_one_epoch
-    from mimlab.pretrain.loop import epoch_diagnostics
+    from mimlab.pretrain.loop import carry_forward, epoch_diagnostics
     from mimlab.pretrain.monitor import OnlineMonitor
     from mimlab.pretrain.schedules import Schedules
 
@@ -183,12 +183,9 @@ def _train_fn(config: dict[str, Any]) -> None:
                 metrics["teacher_rank_spread"] = _teacher_spread(parts.teacher)
             if rank == 0:
                 metrics.update(epoch_diagnostics(parts, monitor, epoch, sink, cfg.eval.knn_every))
-                if "knn_top1_init" in history:
-                    metrics["knn_top1_init"] = history["knn_top1_init"]
-                if "knn_top1" not in metrics and "knn_top1" in history.get("last", {}):
-                    metrics["knn_top1"] = history["last"]["knn_top1"]
+                measured = carry_forward(metrics, history)
                 history["last"] = dict(metrics)
-                sink.log_epoch(epoch, metrics)
+                sink.log_epoch(epoch, measured)
                 if local is not None:  # local mode: Ray keeps no checkpoints, the folder is the store
                     metrics["checkpoint_dir"] = local.save(parts, epoch, history)
                     ray.train.report(metrics)
