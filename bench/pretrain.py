@@ -7,7 +7,7 @@ PyTorch loop (target: <= 10 % overhead). Figures are medians, printed beside the
 GPU (``--gpu``): ViT-S/16 at 224 px with 2x224 + 6x96 crops, bf16 autocast: images/s and model FLOP utilisation
 (FLOPs of one step counted by ``torch.utils.flop_counter``; peak given by ``--peak-tflops``, H100/H200 bf16 dense 989).
 
-    .venv/bin/python bench/pretrain.py [--steps 6] [--rounds 4] [--ray-steps 12] [--skip-masking] [--skip-ray] [--gpu]
+    .venv/bin/python bench/pretrain.py [--steps 6] [--rounds 8] [--ray-steps 12] [--skip-masking] [--skip-ray] [--gpu]
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--ray-steps", type=int, default=12, help="steps per epoch of the Ray-vs-plain comparison")
     parser.add_argument("--skip-masking", action="store_true")
     parser.add_argument("--batch", type=int, default=None)

@@ -67,6 +67,18 @@ def test_rollout_golden(order):
     np.testing.assert_allclose(scores.rollout(attns, order)[0].numpy(), _rollout_numpy(attns, order), rtol=1e-10)
 
 
+@pytest.mark.parametrize("order", ["descending", "ascending"])
+def test_rollout_golden_when_rows_do_not_sum_to_one(order):
+    """Half-precision (or dropped-out) attention rows do not sum to exactly 1; the row normalisation of
+    ``mean_h A + I`` must then use the actual sums, as the NumPy chain does."""
+    g = torch.Generator().manual_seed(3)
+    attns = [torch.rand(1, 3, 7, 7, generator=g, dtype=torch.float64) * 0.5 for _ in range(4)]
+    np.testing.assert_allclose(scores.rollout(attns, order)[0].numpy(), _rollout_numpy(attns, order), rtol=1e-10)
+    half = scores.rollout([a.to(torch.bfloat16) for a in attns], order)
+    assert half.dtype == torch.float32
+    np.testing.assert_allclose(half[0].numpy(), _rollout_numpy(attns, order), rtol=2e-2)
+
+
 def test_rollout_single_layer_is_raw_and_order_matters():
     attns = [_logits(seed=s).softmax(-1) for s in range(3)]
     torch.testing.assert_close(scores.minmax(scores.rollout(attns[1:2])), scores.minmax(scores.raw(attns[1])))

@@ -97,18 +97,33 @@ def rollout_matrix(attns: Sequence[Tensor], order: str = "descending") -> Tensor
 def rollout(attns: Sequence[Tensor], order: str = "descending", num_prefix: int = 1) -> Tensor:
     """Rollout_{a-b}: cls row of :func:`rollout_matrix` over ``attns`` (forward order). -> [B,Np].
 
-    Only the cls row is needed, so it is carried as a row vector through vector-matrix products
-    (``e_0ᵀ Ã_b ··· Ã_a``): O(L·N²) per image instead of the O(L·N³) matrix chain.
+    Only the cls row is needed, so it is carried as a row vector through the chain (``e_0ᵀ Ã_b ··· Ã_a``), and no
+    factor ``Ã`` is ever formed: each step reads a block's ``[B,H,N,N]`` attention twice (row sums, then one
+    batched vector-matrix product per head). O(L·H·N²) per image instead of the O(L·N³) matrix chain.
     """
     _check_rollout_args(attns, order)
     # the leftmost factor is the last block (descending) or the first block (ascending)
     chain = list(reversed(attns)) if order == "descending" else list(attns)
-    row: Tensor | None = None
-    for a in chain:
-        aug = _rollout_factor(a)
-        row = aug[:, 0] if row is None else torch.bmm(row.unsqueeze(1), aug).squeeze(1)  # [B,N] x [B,N,N] -> [B,N]
-    assert row is not None
+    first = _as_fp32(chain[0])
+    row = first[:, :, 0, :].mean(1)  # cls row of mean_h A: [B,H,N,N] -> [B,N]
+    row[:, 0] += 1.0
+    row = row / row.sum(-1, keepdim=True)  # cls row of Ã = rownorm(mean_h A + I)
+    for a in chain[1:]:
+        row = _times_rollout_factor(row, _as_fp32(a))
     return row[:, num_prefix:]  # [B,N] -> [B,Np]
+
+
+def _as_fp32(attn: Tensor) -> Tensor:
+    return attn.float() if attn.dtype in (torch.float16, torch.bfloat16) else attn
+
+
+def _times_rollout_factor(row: Tensor, attn: Tensor) -> Tensor:
+    """``row @ rownorm(mean_h attn + I)`` without forming the factor: ``[B,N]`` x ``[B,H,N,N]`` -> ``[B,N]``.
+
+    With row sums ``s = rowsum(mean_h A) + 1`` and ``w = row / s``: ``row @ Ã = mean_h (w @ A_h) + w``.
+    """
+    w = row / (attn.sum(-1).mean(1) + 1.0)  # [B,H,N,N] -> [B,N]
+    return torch.matmul(w[:, None, None, :], attn).squeeze(2).mean(1) + w  # [B,1,1,N] x [B,H,N,N] -> [B,N]
 
 
 def keys_norm(keys: Tensor, variant: str = "mean-key", num_prefix: int = 1) -> Tensor:
