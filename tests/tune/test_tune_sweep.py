@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_sweep
-from mimlab.runtime.tune import child_runs, results_table, run_sweep
+from mimlab.runtime.sweep_results import child_runs, results_table
+from mimlab.runtime.tune import run_sweep
 
 
 def _client(uri):

@@ -19,7 +19,7 @@ def compare(
     run_id: Annotated[str | None, typer.Option(help="a specific parent run (default: the latest sweep)")] = None,
 ) -> None:
     """Print the results table (mean ± std over seeds) of the latest sweep NAME from the tracking store."""
-    from mimlab.runtime.tune import compare as compare_sweep
+    from mimlab.runtime.sweep_results import compare as compare_sweep
 
     parent, table = compare_sweep(name=name, tracking_uri=tracking_uri, run_id=run_id)
     typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) — mean ± std over seeds "
