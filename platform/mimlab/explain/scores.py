@@ -66,9 +66,7 @@ def _check_rollout_args(attns: Sequence[Tensor], order: str) -> None:
 
 def _rollout_factor(attn: Tensor) -> Tensor:
     """One block's rollout factor ``Ã = rownorm(mean_h A + I)``: ``[B,H,N,N]`` -> ``[B,N,N]`` (fp32 for half input)."""
-    mean = attn.mean(1)  # [B,H,N,N] -> [B,N,N]
-    if mean.dtype in (torch.float16, torch.bfloat16):
-        mean = mean.float()
+    mean = _as_fp32(attn.mean(1))  # [B,H,N,N] -> [B,N,N]
     aug = mean + torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
     return aug / aug.sum(-1, keepdim=True)  # rows sum to 1
 

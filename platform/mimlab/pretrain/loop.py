@@ -64,6 +64,18 @@ def epoch_diagnostics(parts, monitor, epoch: int, sink: MetricSink | None, every
     return out
 
 
+def initial_knn(parts, monitor, history: dict[str, Any], sink: MetricSink | None, every: int) -> None:
+    """k-NN of the untrained teacher, once per run (kept in ``history``, so a resumed run does not redo it),
+    logged at epoch -1 so every k-NN curve starts at the untrained model."""
+    if monitor is None or every <= 0 or "knn_top1_init" in history:
+        return
+    init = monitor.knn_top1(parts.teacher)
+    if init is not None:
+        history["knn_top1_init"] = init
+        if sink is not None:
+            sink.log_epoch(-1, {"knn_top1": init})
+
+
 def carry_forward(metrics: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
     """Add the k-NN figures an epoch did not measure to ``metrics`` (for the checkpoint and the result).
 
@@ -125,12 +137,7 @@ def pretrain_local(cfg: Any, *, data: str | None = None, out_dir: str | os.PathL
         history = state.get("history", {})
     needs_monitor = cfg.eval.knn_every > 0 or (sink is not None and cfg.eval.probe_images > 0)
     monitor = OnlineMonitor(cfg, url) if needs_monitor else None
-    if monitor is not None and cfg.eval.knn_every > 0 and "knn_top1_init" not in history:
-        init = monitor.knn_top1(parts.teacher)
-        if init is not None:
-            history["knn_top1_init"] = init
-            if sink is not None:
-                sink.log_epoch(-1, {"knn_top1": init})  # the curve starts at the untrained model, as on Ray
+    initial_knn(parts, monitor, history, sink, cfg.eval.knn_every)
     G, L = cfg.crops.global_crops, cfg.crops.local_crops
     metrics: dict[str, Any] = dict(history.get("last", {}))
     checkpoint_dir = str(latest) if latest is not None else ""

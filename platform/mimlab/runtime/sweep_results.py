@@ -20,16 +20,16 @@ def mlflow_experiment_name(sweep: str) -> str:
     return f"tune-{sweep}"
 
 
-def _client(uri: str) -> Any:
+def client_for(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
-def _open_parent(exp: Experiment, uri: str, sweep_dir: str, seeds: int,
+def open_parent(exp: Experiment, uri: str, sweep_dir: str, seeds: int,
                  previous: dict[str, Any] | None) -> tuple[str, str]:
     """Create (or on resume reopen) the sweep's parent run; returns (run id, MLflow experiment name)."""
-    client = _client(uri)
+    client = client_for(uri)
     name = mlflow_experiment_name(exp.name)
     found = client.get_experiment_by_name(name)
     exp_id = found.experiment_id if found else client.create_experiment(name)
@@ -49,9 +49,10 @@ def _open_parent(exp: Experiment, uri: str, sweep_dir: str, seeds: int,
     return run.info.run_id, name
 
 
-def _close_parent(exp: Experiment, uri: str, parent_id: str, table: SweepTable, interrupted: bool,
+def close_parent(exp: Experiment, uri: str, parent_id: str, table: SweepTable, interrupted: bool,
                   num_errors: int, seconds: float) -> None:
-    client = _client(uri)
+    """Log the results table (markdown, JSON, per-point means, figure) to the parent run and end it."""
+    client = client_for(uri)
     client.log_text(parent_id, table.to_markdown(), "results.md")
     client.log_dict(parent_id, table.to_json(), "results.json")
     client.log_metric(parent_id, "trials_finished", table.finished)
@@ -125,7 +126,7 @@ class SweepTable:
 
 def child_runs(uri: str, parent_run_id: str) -> list[Any]:
     """All child runs of a parent (any status)."""
-    client = _client(uri)
+    client = client_for(uri)
     parent = client.get_run(parent_run_id)
     return client.search_runs([parent.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
@@ -197,7 +198,7 @@ def plot_table(exp: Experiment, table: SweepTable) -> Any:
 
 def find_parent(uri: str, sweep: str, run_id: str | None = None) -> Any:
     """The latest parent run of sweep ``sweep`` (or the given run id)."""
-    client = _client(uri)
+    client = client_for(uri)
     if run_id:
         try:
             return client.get_run(run_id)

@@ -104,7 +104,7 @@ def _train_fn(config: dict[str, Any]) -> None:
     from mimlab.pretrain.build import IMAGENET_MEAN, IMAGENET_STD, build_parts
     from mimlab.pretrain.checkpoint import LocalCheckpoints, load_state, restore, save_checkpoint
     from mimlab.pretrain.engine import DivergedLoss, crops_from_columns, train_one_epoch
-    from mimlab.pretrain.loop import carry_forward, epoch_diagnostics
+    from mimlab.pretrain.loop import carry_forward, epoch_diagnostics, initial_knn
     from mimlab.pretrain.monitor import OnlineMonitor
     from mimlab.pretrain.schedules import Schedules
 
@@ -146,11 +146,7 @@ def _train_fn(config: dict[str, Any]) -> None:
         history["mlflow_run_id"] = sink.run_id
         if cfg.eval.knn_every > 0 or cfg.eval.probe_images > 0:
             monitor = OnlineMonitor(cfg, config["data"])
-            if cfg.eval.knn_every > 0 and "knn_top1_init" not in history:
-                init = monitor.knn_top1(parts.teacher)
-                if init is not None:
-                    history["knn_top1_init"] = init
-                    sink.log_epoch(-1, {"knn_top1": init})
+            initial_knn(parts, monitor, history, sink, cfg.eval.knn_every)
     steps = config["steps"]
     schedules = Schedules.from_config(cfg, steps, world)
     G, L = cfg.crops.global_crops, cfg.crops.local_crops

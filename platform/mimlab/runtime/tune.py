@@ -25,7 +25,7 @@ from typing import Any
 from mimlab.config.experiment import Experiment, load_experiment
 from mimlab.errors import UserError
 from mimlab.runtime.sweep_results import (
-    ROLE_TAG, TABLE_METRICS, SweepTable, _client, _close_parent, _open_parent, results_table,
+    ROLE_TAG, TABLE_METRICS, SweepTable, client_for, close_parent, open_parent, results_table,
 )
 from mimlab.runtime.trial import TrialBody, TrialContext, run_trial, trial_key
 
@@ -240,7 +240,7 @@ def run_sweep(
             echo(f"mlflow server for {uri} on {trial_uri} ({time.monotonic() - t0:.0f} s)")
         if exp.profile.caveat:
             echo(exp.profile.caveat)
-        parent_id, mlflow_exp = _open_parent(exp, trial_uri, sweep_dir, seeds, previous)
+        parent_id, mlflow_exp = open_parent(exp, trial_uri, sweep_dir, seeds, previous)
         _write_sweep_file(sweep_dir, {"experiment": exp.name, "profile": exp.profile_name, "seeds": seeds,
                                       "parent_run_id": parent_id, "mlflow_experiment": mlflow_exp,
                                       "tracking_uri": uri, "data": data})
@@ -259,7 +259,7 @@ def run_sweep(
         finished = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("phase") == "done")
         interrupted = finished + num_errors < len(exp.points) * seeds   # unstarted trials may be absent
         table = results_table(trial_uri, parent_id, metrics=exp.spec.plot.metrics)
-        _close_parent(exp, trial_uri, parent_id, table, interrupted, num_errors, time.monotonic() - started)
+        close_parent(exp, trial_uri, parent_id, table, interrupted, num_errors, time.monotonic() - started)
     finally:
         if server is not None:
             server.stop()
@@ -360,7 +360,7 @@ def _progress_class() -> type:
 
 def _mark_failed(ctx: TrialContext, point: int, seed: int, message: str) -> None:
     """Record a failed trial in MLflow from the driver: close its child run as FAILED, or create one."""
-    client = _client(ctx.tracking_uri)
+    client = client_for(ctx.tracking_uri)
     parent = client.get_run(ctx.parent_run_id)
     key = trial_key(point, seed)
     runs = client.search_runs([parent.info.experiment_id],
