@@ -30,7 +30,7 @@ run: install
 	$(VENV)/bin/platform tune masking-layers --profile demo
 
 test: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -42,3 +42,11 @@ def mlflow_uri(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture()
+def cli_error():
+    """The CLI error contract (see ``tests/cli_contract.py``): ``cli_error(args, *expected, protect=...)``."""
+    from cli_contract import assert_user_error
+
+    return assert_user_error

@@ -46,16 +46,12 @@ def test_linear_command_cached_reach(tiny_checkpoint, tmp_path):
       "--cached-features"], "--epochs must be >= 1"),
     (["eval", "knn", "{ckpt}", "--train", "{missing}", "--workers", "0", "--no-mlflow"], "no such file"),
 ])
-def test_bad_input_one_line_exit_2(tiny_checkpoint, tmp_path, args, message):
+def test_bad_input_one_line_exit_2(tiny_checkpoint, tmp_path, args, message, cli_error):
     bad = tmp_path / "not_a_ckpt"
     bad.mkdir()
     (bad / "weights.txt").write_text("hello")
     subs = {"{bad}": str(bad), "{ckpt}": str(tiny_checkpoint), "{missing}": str(tmp_path / "nope")}
-    r = runner.invoke(app, [subs.get(a, a) for a in args])
-    assert r.exit_code == 2, r.output
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
-    assert "Traceback" not in r.output
+    cli_error([subs.get(a, a) for a in args], message, protect=[tiny_checkpoint, bad])
 
 
 def test_parse_ks():
