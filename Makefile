@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= true
 export HF_HUB_OFFLINE ?= 1
 export RAY_TRAIN_V2_ENABLED ?= 1
 
-.PHONY: install install-test run test bench clean
+.PHONY: install install-test run test bench mutants clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ test: install-test
 	$(PY) -m pytest -q --durations=15 tests
 
 bench: install
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/*.py; do case $$b in bench/mutants.py) ;; *) $(PY) $$b || exit 1;; esac; done
+
+# mutation testing of the numerical cores (~10 min a module on 2 cores)
+mutants: install-test
+	$(PIP) install -q -e ".[dev]"
+	$(PY) bench/mutants.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .mimlab-cache

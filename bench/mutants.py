@@ -1,0 +1,172 @@
+"""Mutation testing of the numerical cores with mutmut: killed / timed-out / survived mutants per module.
+
+For each module, mutmut (a maintained mutation tool, `pip install -e ".[dev]"`) rewrites the module into many
+small variants (an operator flipped, a constant changed, an argument dropped) and runs that module's own test
+folder against each. A mutant the tests catch is *killed*; one that makes the tests hang is *timed out* (caught
+too: the suite noticed); one the tests pass on is a *survivor* — a change to the code that no test can see.
+
+How it runs: the repository's tracked files (``git archive HEAD`` of the checkout this script sits in, or the
+working tree with ``--working-tree``) are laid out in a scratch folder with ``mimlab/`` at the top (mutmut maps
+file paths to module names, and our source folder ``platform/`` is not a package), and mutmut is started with the
+editable install's ``platform/`` entry removed from ``sys.path`` so the tests import the mutated copy.
+
+    python bench/mutants.py                       # every module below, ~10 min each on 2 cores
+    python bench/mutants.py --module pretrain/loss.py --survivors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module (relative to platform/mimlab) -> its own test folder
+MODULES: dict[str, str] = {
+    "explain/scores.py": "tests/explain",
+    "explain/cam.py": "tests/explain",
+    "metrics/perturbation.py": "tests/metrics",
+    "metrics/faithfulness.py": "tests/metrics",
+    "evaluation/knn.py": "tests/evaluation/test_knn.py",
+    "pretrain/loss.py": "tests/pretrain/test_loss.py",
+    "masking/attention_guided.py": "tests/masking",
+    "masking/blockwise.py": "tests/masking",
+}
+TARGET = 0.90
+STATUSES = ("killed", "timeout", "survived", "no tests", "suspicious", "skipped", "segfault", "not checked")
+
+_MUTMUT = (
+    "import sys\n"
+    "sys.path[:] = [p for p in sys.path if not p.rstrip('/').endswith('/platform')]\n"
+    "sys.argv = ['mutmut', *sys.argv[1:]]\n"
+    "from mutmut.__main__ import cli\n"
+    "cli()\n"
+)
+
+
+def _lay_out(scratch: Path, working_tree: bool) -> None:
+    """Copy the repository into ``scratch`` with the import package at the top (``scratch/mimlab``)."""
+    if working_tree:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+        for f in files:
+            if (ROOT / f).is_file():
+                (scratch / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, scratch / f)
+    else:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+        with tempfile.TemporaryFile() as fh:
+            fh.write(archive)
+            fh.seek(0)
+            with tarfile.open(fileobj=fh) as tar:
+                tar.extractall(scratch, filter="data")
+    shutil.move(scratch / "platform" / "mimlab", scratch / "mimlab")
+
+
+def _configure(scratch: Path, module: str, tests: str) -> None:
+    """Append a [tool.mutmut] table for one module and its test folder to the scratch pyproject.toml."""
+    text = (scratch / "pyproject.toml").read_text()
+    text = text.split("\n[tool.mutmut]")[0]
+    text += (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["mimlab"]\n'
+        f'only_mutate = ["mimlab/{module}"]\n'
+        f'pytest_add_cli_args_test_selection = ["{tests}"]\n'
+        'pytest_add_cli_args = ["-p", "no:timeout", "-q"]\n'
+    )
+    (scratch / "pyproject.toml").write_text(text)
+
+
+def _mutmut(scratch: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
+               DO_NOT_TRACK="true", HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", _MUTMUT, *args], cwd=scratch, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_module(scratch: Path, module: str, tests: str, children: int, timeout: float) -> dict[str, object]:
+    """Mutate one module, run its tests against every mutant; return counts per status and the survivors."""
+    shutil.rmtree(scratch / "mutants", ignore_errors=True)
+    _configure(scratch, module, tests)
+    t0 = time.perf_counter()
+    run = _mutmut(scratch, "run", "--max-children", str(children), timeout=timeout)
+    seconds = time.perf_counter() - t0
+    listing = _mutmut(scratch, "results", "--all", "true", timeout=300).stdout
+    counts = {s: 0 for s in STATUSES}
+    survivors: list[str] = []
+    for line in listing.splitlines():
+        if ":" not in line:
+            continue
+        name, _, status = line.strip().rpartition(": ")
+        if status in counts:
+            counts[status] += 1
+            if status == "survived":
+                survivors.append(name)
+    total = sum(counts.values())
+    if total == 0:
+        tail = (run.stdout + run.stderr).replace("\r", "\n").strip().splitlines()[-5:]
+        raise SystemExit(f"error: mutmut produced no mutants for {module}: {' | '.join(tail)}")
+    return {"module": module, "tests": tests, "seconds": round(seconds, 1), "total": total, **counts,
+            "survivors": survivors}
+
+
+def _diff(scratch: Path, name: str) -> str:
+    return _mutmut(scratch, "show", name, timeout=120).stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--module", action="append", help="module under platform/mimlab (default: all of MODULES)")
+    ap.add_argument("--children", type=int, default=2, help="parallel mutant runs (default 2)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per module before giving up")
+    ap.add_argument("--working-tree", action="store_true", help="mutate the working tree, not HEAD")
+    ap.add_argument("--survivors", action="store_true", help="print the diff of every survivor")
+    ap.add_argument("--json", type=Path, help="also write the table as JSON")
+    args = ap.parse_args()
+    modules = args.module or list(MODULES)
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        raise SystemExit(f"error: --module {unknown[0]!r} is not one of {', '.join(MODULES)}")
+    if shutil.which("git") is None:
+        raise SystemExit("error: bench/mutants.py needs git to copy the repository")
+    try:
+        import mutmut  # noqa: F401
+    except ImportError:
+        raise SystemExit('error: mutmut is not installed: pip install -e ".[dev]"') from None
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mimlab-mutants-") as tmp:
+        scratch = Path(tmp)
+        _lay_out(scratch, args.working_tree)
+        for module in modules:
+            row = run_module(scratch, module, MODULES[module], args.children, args.timeout)
+            rows.append(row)
+            caught = row["killed"] + row["timeout"]
+            print(f"{module:30s} {row['total']:4d} mutants: killed {row['killed']}, timed out {row['timeout']}, "
+                  f"survived {row['survived']}, no tests {row['no tests']} -> caught {caught / row['total']:.1%} "
+                  f"({row['seconds']:.0f} s)", flush=True)
+            if args.survivors:
+                for name in row["survivors"]:
+                    print(_diff(scratch, name))
+    print()
+    print("| module | mutants | killed | timed out | survived | no tests | caught | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        caught = (r["killed"] + r["timeout"]) / r["total"]
+        print(f"| {r['module']} | {r['total']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
+              f"{r['no tests']} | {caught:.1%} | {'met' if caught >= TARGET else 'NOT met'} (>= {TARGET:.0%}) |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
