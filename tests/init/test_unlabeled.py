@@ -55,6 +55,9 @@ def test_shard_unlabeled_takes_every_image_of_the_tree_with_null_labels(shards, 
     assert table.column("image").to_pylist()[paths.index("img_05.png")] == (tree / "img_05.png").read_bytes()
     records = load_records(str(shards))
     assert len(records) == 40 and all(r.label is None for r in records)
+    info = CliRunner().invoke(app, ["data", "info", str(shards)])
+    assert info.exit_code == 0, info.output
+    assert "classes: 0  unlabeled: 40" in info.output
 
 
 def test_shard_unlabeled_refuses_a_non_image_file_and_per_class_limit(tree, tmp_path, cli_error):
