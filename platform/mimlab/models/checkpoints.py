@@ -176,7 +176,7 @@ def split_network(sd: Mapping[str, Tensor]) -> Branch:
     return Branch(backbone=backbone, head=head_names(head) or None, mask_token=mask)
 
 
-def _platform_folder(path: Path) -> Checkpoint:
+def _platform_folder(path: Path, with_heads: bool) -> Checkpoint:
     latest = path / "latest"
     if not (path / "backbone.json").is_file() and latest.is_file():
         target = path / latest.read_text().strip()
@@ -193,7 +193,7 @@ def _platform_folder(path: Path) -> Checkpoint:
     if not isinstance(meta, dict) or "timm_name" not in meta:
         raise UserError(f"'{meta_path}' is not a valid backbone.json (needs 'timm_name')")
     state: dict[str, Any] = {}
-    if (path / "state.pt").is_file():
+    if with_heads and (path / "state.pt").is_file():  # the full training state: read only when heads are wanted
         try:
             loaded = safe_load(path / "state.pt")
             state = loaded if isinstance(loaded, Mapping) else {}
@@ -214,15 +214,18 @@ def _platform_folder(path: Path) -> Checkpoint:
     return Checkpoint(str(path), "platform pretrain checkpoint", branches["teacher"], branches["student"], meta)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, with_heads: bool = True) -> Checkpoint:
     """Parse a local checkpoint file or ``platform pretrain`` folder into its teacher / student branches.
+
+    ``with_heads=False`` skips a ``platform pretrain`` folder's ``state.pt`` (heads, optimiser: only pretraining
+    init needs them).
 
     Raises:
         UserError: missing or unreadable file, a file holding no backbone tensors (one line each).
     """
     path = Path(path)
     if path.is_dir():
-        return _platform_folder(path)
+        return _platform_folder(path, with_heads)
     obj = safe_load(path)
     if not isinstance(obj, Mapping):
         raise UserError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a state dict")

@@ -59,7 +59,7 @@ def read_state_dict(path: str | Path, student: bool = False) -> dict[str, torch.
     Raises:
         UserError: unreadable file, no backbone, ``student`` on a checkpoint without one.
     """
-    return read_checkpoint(path).branch(student).backbone
+    return read_checkpoint(path, with_heads=False).branch(student).backbone
 
 
 def _resample_pos_embed(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,7 +196,7 @@ def _pretrain_backbone(path: Path, student: bool) -> tuple[dict[str, Any], dict[
     """``(backbone.json, backbone state dict, source name)`` of a pretrain checkpoint folder (teacher or student)
     or of one of its .safetensors files."""
     if path.is_dir():
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, with_heads=False)
         return dict(ckpt.meta or {}), ckpt.branch(student).backbone, ckpt.path
     meta_path = path.parent / "backbone.json"
     if not meta_path.is_file():

@@ -69,11 +69,11 @@ def _make_contrastive(cfg) -> nn.Module | None:
     return DenseContrastive.from_config(cfg.contrastive)
 
 
-def _init_source(cfg):
+def _init_source(cfg, with_heads: bool = True):
     """``(branch, description)`` of the checkpoint network ``model.init`` / ``model.init_from`` name."""
     from mimlab.models.checkpoints import read_checkpoint
 
-    ckpt = read_checkpoint(cfg.model.init)
+    ckpt = read_checkpoint(cfg.model.init, with_heads=with_heads)
     student = cfg.model.init_from == "student"
     branch = ckpt.branch(student)
     which = ("student" if student else "teacher") if ckpt.student is not None else "network"
@@ -213,7 +213,7 @@ def preflight(cfg) -> None:
         backbone = create_backbone(cfg.model.timm_name, **backbone_kwargs(cfg))
     depth = len(backbone.blocks)
     if cfg.model.init is not None:  # a missing file, no backbone or a wrong architecture fails here
-        _fit_backbone(backbone, _init_source(cfg)[0].backbone, cfg)
+        _fit_backbone(backbone, _init_source(cfg, with_heads=False)[0].backbone, cfg)
     build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=depth,
                   contrastive=cfg.contrastive is not None)
     _make_contrastive(cfg)
