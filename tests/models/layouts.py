@@ -65,14 +65,16 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def _optimizer(sd: dict[str, torch.Tensor]) -> dict:
-    return {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(v)} for i, v in enumerate(sd.values())},
-            "param_groups": [{"lr": 0.001, "betas": (0.9, 0.999), "weight_decay": 0.04, "params": list(range(len(sd)))}]}
+    state = {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(v)} for i, v in enumerate(sd.values())}
+    group = {"lr": 0.001, "betas": (0.9, 0.999), "weight_decay": 0.04, "params": list(range(len(sd)))}
+    return {"state": state, "param_groups": [group]}
 
 
 def dino(tmp: Path) -> Written:
     t, s, th, sh = _net(0), _net(1), _head(10), _head(11)
     ckpt = {
-        "student": {**{f"module.backbone.{k}": v for k, v in s.items()}, **{f"module.head.{k}": v for k, v in sh.items()}},
+        "student": {**{f"module.backbone.{k}": v for k, v in s.items()},
+                    **{f"module.head.{k}": v for k, v in sh.items()}},
         "teacher": {**{f"backbone.{k}": v for k, v in t.items()}, **{f"head.{k}": v for k, v in th.items()}},
         "optimizer": _optimizer(s), "epoch": 101, "args": _args(), "dino_loss": {"center": torch.zeros(1, 64)},
         "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 10},
@@ -95,7 +97,8 @@ def ibot(tmp: Path) -> Written:
         return out
 
     def shared_twice(head):  # iBOT registers the shared last layer under both names
-        return {**head, **{k.replace("last_layer.", "last_layer2.", 1): v for k, v in head.items() if "last_layer." in k}}
+        again = {k.replace("last_layer.", "last_layer2.", 1): v for k, v in head.items() if "last_layer." in k}
+        return {**head, **again}
 
     ckpt = {
         "student": {**{f"module.backbone.{k}": v for k, v in s.items()}, "module.backbone.masked_embed": token,

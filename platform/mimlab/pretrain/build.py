@@ -101,7 +101,8 @@ def fit_head(head: IBOTHead, sd: dict[str, torch.Tensor] | None) -> tuple[dict[s
     if not any(k.startswith("last_layer2.") for k in own):
         sd = {k: v for k, v in sd.items() if not k.startswith("last_layer2.")}
     elif not any(k.startswith("last_layer2.") for k in sd):
-        sd.update({k.replace("last_layer.", "last_layer2.", 1): v for k, v in sd.items() if k.startswith("last_layer.")})
+        shared = {k: v for k, v in sd.items() if k.startswith("last_layer.")}
+        sd.update({k.replace("last_layer.", "last_layer2.", 1): v for k, v in shared.items()})
     for key, value in own.items():
         if key not in sd:
             return None, f"its head has no tensor '{key}'"
