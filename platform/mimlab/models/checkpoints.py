@@ -184,8 +184,8 @@ def _platform_folder(path: Path, with_heads: bool) -> Checkpoint:
             path = target
     meta_path = path / "backbone.json"
     if not meta_path.is_file():
-        raise UserError(f"checkpoint folder '{path}' is not a `platform pretrain` checkpoint: it has no "
-                        f"backbone.json (give a checkpoint file, or a checkpoint-EEEE folder)")
+        raise UserError(f"folder '{path}' is not a pretrain checkpoint: it has no backbone.json (give a checkpoint "
+                        f"file, or a `platform pretrain` checkpoint-EEEE folder)")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
