@@ -41,8 +41,10 @@ def shard(
     per_class_limit: Annotated[Optional[int], typer.Option(
         help="keep the first K images per class in sorted order (thesis 20 % ImageNet subset: 260)")] = None,
     resize: Annotated[Optional[int], typer.Option(help="resize the shorter side to PX pixels")] = None,
+    unlabeled: Annotated[bool, typer.Option(
+        "--unlabeled", help="every image of a flat folder or any tree, label null (pretraining only)")] = False,
 ) -> None:
-    """Convert an ImageFolder tree into shards; resumable (complete shards are skipped)."""
+    """Convert an ImageFolder tree (or, --unlabeled, any folder of images) into shards; resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mimlab.data.imagefolder import shard_imagefolder
@@ -51,9 +53,10 @@ def shard(
                   transient=True) as bar:
         task = bar.add_task("shard", total=None)
         summary = shard_imagefolder(src, out_url, shard_size=shard_size, per_class_limit=per_class_limit,
-                                    resize=resize,
+                                    resize=resize, unlabeled=unlabeled,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-    typer.echo(f"{summary['images']} images, {len(summary['classes'])} classes → {summary['shards']} shards in "
+    labels = "unlabeled" if unlabeled else f"{len(summary['classes'])} classes"
+    typer.echo(f"{summary['images']} images, {labels} → {summary['shards']} shards in "
                f"{summary['out']} ({summary['written']} written, {summary['skipped']} already complete)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,8 @@ def pretrain(
     workers: Annotated[int | None, typer.Option(help="DDP workers (0 = in-process local mode)")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per worker (> 0 enables GPU training)")] = None,
     epochs: Annotated[int | None, typer.Option(help="override optim.epochs")] = None,
+    init: Annotated[str | None, typer.Option(help="start from this local checkpoint (model.init): DINO/iBOT, "
+                                                  "released backbone, DeiT/MAE, timm or `platform pretrain`")] = None,
     name: Annotated[str | None, typer.Option(help="run name; re-using it resumes (default: the YAML's stem)")] = None,
     storage_path: Annotated[str | None, typer.Option(help="checkpoint store: folder or s3://… (train.storage_path)")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default ./mlflow.db)")] = None,
@@ -29,6 +32,8 @@ def pretrain(
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")
+    if init is not None:
+        overrides.append(f"model.init={json.dumps(init)}")  # quoted: a path is YAML-parsed like any override
     cfg = load_pretrain_config(experiment, overrides)
     result = run_pretrain(cfg, data=data, name=name or experiment.stem, storage_path=storage_path, workers=workers,
                           gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mimlab.errors import UserError, did_you_mean
 
@@ -20,11 +20,28 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The timm backbone shared by student and teacher (``kwargs`` go to ``create_backbone``)."""
+    """The timm backbone shared by student and teacher (``kwargs`` go to ``create_backbone``).
+
+    ``init``: a local checkpoint to start from (DINO/iBOT training checkpoint, released backbone, DeiT/MAE
+    ``{'model': ...}``, timm state dict, ``platform pretrain`` checkpoint; see :mod:`mimlab.models.checkpoints`);
+    ``None`` = random init. A relative path is made absolute at load time (trials run in other folders).
+    ``init_from``: which network of a teacher/student checkpoint both start from.
+    """
 
     timm_name: str = "vit_small_patch16_224"
     kwargs: dict[str, Any] = Field(default_factory=lambda: {"img_size": 224, "patch_size": 16})
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    init: str | None = None
+    init_from: Literal["teacher", "student"] = "teacher"
+
+    @field_validator("init")
+    @classmethod
+    def _local_path(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "://" in value:
+            raise ValueError(f"model.init must be a local checkpoint file or folder, got '{value}'")
+        return str(Path(value).expanduser().absolute())
 
 
 class HeadConfig(_Section):

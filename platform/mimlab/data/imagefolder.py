@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from mimlab.data.fs import join, read_json, resolve, write_json
 from mimlab.data.schema import CLASSES_FILE, records_table
 from mimlab.data.shards import shard_name, write_shard
-from mimlab.data.sources import flat_val_items, imagefolder_items, source_kind
+from mimlab.data.sources import IMAGE_EXTENSIONS as _EXTENSIONS
+from mimlab.data.sources import flat_val_items, imagefolder_items, is_image_file, source_kind
 from mimlab.errors import UserError
 
 PLAN_FILE = "_plan.json"
@@ -25,8 +26,8 @@ PLAN_FILE = "_plan.json"
 
 def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
                       per_class_limit: int | None = None, resize: int | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write an ImageFolder tree as shards.
+                      progress: Callable[[int, int], None] | None = None, unlabeled: bool = False) -> dict:
+    """Write an ImageFolder tree as shards (or, with ``unlabeled``, every image of any tree, label null).
 
     Args:
         src: ImageFolder root (one folder per class) or flat ImageNet-val folder, any fsspec URL.
@@ -35,6 +36,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         per_class_limit: keep the first K images per class in sorted order (ImageFolder only).
         resize: resize the shorter side to this many pixels (bicubic, re-encoded as JPEG q95, PNG stays PNG).
         progress: called as ``progress(done_images, total_images)`` after each shard (written or skipped).
+        unlabeled: take every image file under ``src`` (a flat folder or any tree, sorted by path) with a null
+            ``label`` (pretraining data; k-NN and linear probing refuse it).
 
     Returns:
         ``{"images", "shards", "written", "skipped", "classes", "out"}``.
@@ -52,10 +55,13 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
     src_fs, src_path = resolve(src_text)
     if not src_fs.exists(src_path) or not src_fs.isdir(src_path):
         raise UserError(f"no such folder: '{src_text}' (expected an ImageFolder tree)")
-    kind = source_kind(src_fs, src_path, src_text)
-    if kind == "shards":
+    if unlabeled:
+        if per_class_limit is not None:
+            raise UserError("--per-class-limit needs class folders; it cannot be used with --unlabeled")
+        items, classes = unlabeled_items(src_fs, src_path, src_text), []
+    elif (kind := source_kind(src_fs, src_path, src_text)) == "shards":
         raise UserError(f"'{src_text}' already holds shards; expected an ImageFolder tree")
-    if kind == "imagefolder":
+    elif kind == "imagefolder":
         items, classes = imagefolder_items(src_fs, src_path, src_text, per_class_limit)
     else:
         if per_class_limit is not None:
@@ -66,7 +72,7 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
     out_fs.makedirs(out_path, exist_ok=True)
     plan = {"images": len(items), "shard_size": shard_size, "per_class_limit": per_class_limit, "resize": resize,
             "classes": len(classes), "first": os.path.relpath(items[0][0], src_path),
-            "last": os.path.relpath(items[-1][0], src_path)}
+            "last": os.path.relpath(items[-1][0], src_path), **({"unlabeled": True} if unlabeled else {})}
     old = read_json(out_fs, join(out_fs, out_path, PLAN_FILE))
     if old is not None and old != plan:
         raise UserError(f"'{out_text}' holds shards from a different run ({PLAN_FILE} differs); "
@@ -90,6 +96,24 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
             progress(min(start + shard_size, len(items)), len(items))
     return {"images": len(items), "shards": len(starts), "written": written, "skipped": skipped,
             "classes": classes, "out": out_text}
+
+
+def unlabeled_items(fs, path: str, url: str) -> list[tuple[str, None]]:
+    """``(file, None)`` for every image file anywhere under ``path``, in sorted path order (dot-files skipped).
+
+    Raises:
+        UserError: the tree holds shards, a non-image file, or no images.
+    """
+    files = sorted(p for p in fs.find(path) if not any(part.startswith(".") for part in
+                                                      os.path.relpath(p, path).split(os.sep)))
+    for f in files:
+        if f.endswith(".parquet"):
+            raise UserError(f"'{url}' already holds shards ('{f}'); expected a folder of images")
+        if not is_image_file(f):
+            raise UserError(f"'{f}' in '{url}' is not an image file (expected one of {', '.join(_EXTENSIONS)})")
+    if not files:
+        raise UserError(f"'{url}' holds no images (empty dataset)")
+    return [(f, None) for f in files]
 
 
 def _encoded(fs, path: str, resize: int | None) -> bytes:

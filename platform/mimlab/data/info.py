@@ -43,10 +43,12 @@ def _split_info(fs, path: str, url: str, sample: int | None) -> dict:
     files = list_shards(fs, path, url)
     per_class: Counter = Counter()
     sizes: Counter = Counter()
-    images = 0
+    images = unlabeled = 0
     with_mask = False
     for _, table in iter_tables(fs, files, columns=["label"]):
-        per_class.update(table.column("label").to_pylist())
+        labels = table.column("label").to_pylist()
+        unlabeled += labels.count(None)
+        per_class.update(label for label in labels if label is not None)
         images += table.num_rows
     if images == 0:
         raise UserError(f"'{url}' holds no images (empty dataset)")
@@ -64,7 +66,8 @@ def _split_info(fs, path: str, url: str, sample: int | None) -> dict:
     names = read_json(fs, join(fs, path, CLASSES_FILE)) if fs.isdir(path) else None
     return {"files": len(files), "images": images, "bytes": sum(fs.size(f) for f in files),
             "classes": len(per_class), "class_names": names, "per_class": dict(sorted(per_class.items())),
-            "sizes": dict(sizes.most_common()), "sized": sum(sizes.values()), "with_mask": with_mask}
+            "sizes": dict(sizes.most_common()), "sized": sum(sizes.values()), "with_mask": with_mask,
+            "unlabeled": unlabeled}
 
 
 def _size(data: bytes) -> str:
@@ -86,7 +89,9 @@ def format_info(info: dict) -> str:
                      f"({s['bytes'] / 2**20:.1f} MiB)  masks: {'yes' if s['with_mask'] else 'no'}")
         names = s["class_names"]
         shown = f" ({', '.join(names[:10])}{' …' if len(names) > 10 else ''})" if names else ""
-        lines.append(f"  classes: {s['classes']}{shown}  per class: min {min(counts)} max {max(counts)}")
+        spread = f"  per class: min {min(counts)} max {max(counts)}" if counts else ""
+        blank = f"  unlabeled: {s['unlabeled']}" if s.get("unlabeled") else ""
+        lines.append(f"  classes: {s['classes']}{shown}{spread}{blank}")
         note = "" if s["sized"] == s["images"] else f" (first {s['sized']} images)"
         lines.append(f"  image sizes (HxW){note}: {sizes}{' …' if len(s['sizes']) > 5 else ''}")
     return "\n".join(lines)

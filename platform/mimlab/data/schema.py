@@ -1,7 +1,8 @@
 """The shard format: Parquet rows of encoded images with their label, source path and optional foreground mask.
 
-Columns: ``image: binary`` (JPEG/PNG bytes), ``label: int64``, ``path: string`` and optionally ``mask: binary``
-(PNG, foreground, same size as the image). Everything that reads or writes shards goes through this module.
+Columns: ``image: binary`` (JPEG/PNG bytes), ``label: int64`` (null = unlabeled: pretraining data), ``path: string``
+and optionally ``mask: binary`` (PNG, foreground, same size as the image). Everything that reads or writes shards
+goes through this module.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
         return pa.types.is_binary(actual) or pa.types.is_large_binary(actual)
     if pa.types.is_string(expected):
         return pa.types.is_string(actual) or pa.types.is_large_string(actual)
-    if pa.types.is_integer(expected):
-        return pa.types.is_integer(actual)
+    if pa.types.is_integer(expected):  # an all-null label column written by another tool has type null
+        return pa.types.is_integer(actual) or pa.types.is_null(actual)
     return False
 
 
-def records_table(images: list[bytes], labels: list[int], paths: list[str],
+def records_table(images: list[bytes], labels: list[int | None], paths: list[str],
                   masks: list[bytes] | None = None) -> pa.Table:
-    """Build one shard's table from parallel lists (``masks`` ``None`` ⇒ no mask column)."""
+    """Build one shard's table from parallel lists (``masks`` ``None`` ⇒ no mask column; a ``None`` label is
+    stored as null)."""
     columns = [pa.array(images, pa.binary()), pa.array(labels, pa.int64()), pa.array(paths, pa.string())]
     if masks is not None:
         columns.append(pa.array(masks, pa.binary()))

@@ -16,13 +16,12 @@ import torch
 import torch.nn as nn
 
 from mimlab.errors import UserError
+from mimlab.models.checkpoints import read_checkpoint
 from mimlab.models.vit import create_backbone, disable_fused_attention, is_vit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = (".pth", ".pt", ".th", ".safetensors", ".bin")
-_NESTED_KEYS = ("state_dict", "model", "module")
-_STRIP_PREFIXES = ("module.", "backbone.")
 
 
 @dataclass
@@ -53,58 +52,59 @@ class LoadedModel:
 
 
 # -- state dicts ---------------------------------------------------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a bare or nested (``state_dict``/``model``) state dict from .pth/.pt/.th/.bin or .safetensors.
+def read_state_dict(path: str | Path, student: bool = False) -> dict[str, torch.Tensor]:
+    """The backbone state dict (timm names) of a checkpoint in any layout of :mod:`mimlab.models.checkpoints`:
+    the teacher (or the only network), or the student with ``student=True``.
 
-    DataParallel ``module.`` prefixes (and a ``backbone.`` prefix shared by every key) are stripped.
+    Raises:
+        UserError: unreadable file, no backbone, ``student`` on a checkpoint without one.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file '{path}' does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decode failure is the user's file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"weights file '{path}' is unreadable: {first}") from None
-    for _ in range(3):
-        if isinstance(obj, Mapping):
-            nested = next((k for k in _NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if nested is not None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-                obj = obj[nested]
-                continue
-        break
-    if not isinstance(obj, Mapping) or not obj:
-        raise UserError(f"weights file '{path}' holds no state dict (expected tensors, maybe under 'state_dict')")
-    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in _STRIP_PREFIXES:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    return sd
+    return read_checkpoint(path, with_heads=False).branch(student).backbone
 
 
 def _resample_pos_embed(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resample ``pos_embed`` to the model's patch grid when the checkpoint was trained at another image size."""
+    """Resample ``pos_embed`` to the model's patch grid when the checkpoint was trained at another image size.
+
+    Left as it is when the widths differ or the file's grid is not square (the shape check then names it).
+    """
     pe = sd.get("pos_embed")
     target = getattr(model, "pos_embed", None)
-    if pe is None or target is None or pe.shape == target.shape:
+    if pe is None or target is None or pe.shape == target.shape or pe.ndim != 3 or pe.shape[-1] != target.shape[-1]:
         return sd
     from timm.layers import resample_abs_pos_embed
 
     prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    side = int(round((pe.shape[1] - prefix) ** 0.5))
+    if side * side != pe.shape[1] - prefix:
+        return sd
     grid = tuple(model.patch_embed.grid_size)
     sd = dict(sd)
-    sd["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(grid), num_prefix_tokens=prefix, verbose=False)
+    sd["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(grid), old_size=[side, side],
+                                             num_prefix_tokens=prefix, verbose=False)
     return sd
 
 
+def drop_classifier(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove the file's classifier tensors (``head.*``, ``head_dist.*``) that ``model`` has no place for
+    (a backbone built with ``num_classes=0``). Returns the state dict and the dropped names."""
+    own = model.state_dict()
+    dropped = [k for k in sd if k not in own and k.split(".", 1)[0] in ("head", "head_dist")]
+    return {k: v for k, v in sd.items() if k not in dropped}, dropped
+
+
 def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``sd`` strictly; on any mismatch name the first mismatched tensor in one line."""
+    """Load ``sd`` strictly (``pos_embed`` resampled to the model's grid); on any mismatch name the first
+    mismatched tensor and both shapes in one line."""
+    model.load_state_dict(fit_state_dict(model, sd, source), strict=True)
+
+
+def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``sd`` with ``pos_embed`` resampled to ``model``'s grid, after checking every tensor's name and shape
+    (works on a ``meta``-device model: only shapes are read).
+
+    Raises:
+        UserError: the first missing, mismatched or unexpected tensor, with both shapes.
+    """
     sd = _resample_pos_embed(sd, model)
     own = model.state_dict()
     for key, value in own.items():
@@ -118,7 +118,7 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
     extra = [k for k in sd if k not in own]
     if extra:
         raise UserError(f"weights '{source}' do not fit the model: unexpected tensor '{extra[0]}' in the file")
-    model.load_state_dict(sd, strict=True)
+    return sd
 
 
 # -- model kinds ---------------------------------------------------------------------------------------------------
@@ -161,13 +161,16 @@ def _build_timm(name: str, img_size: int | None, num_classes: int | None, extra:
     return create_backbone(name, **kwargs)
 
 
-def _load_timm(name: str, weights: str | None, img_size: int | None, num_classes: int | None) -> LoadedModel:
+def _load_timm(name: str, weights: str | None, img_size: int | None, num_classes: int | None,
+               student: bool) -> LoadedModel:
     model = _build_timm(name, img_size, num_classes, {})
     if weights is None:
+        if student:
+            raise UserError(f"--student needs --weights (a checkpoint with a student) for timm model '{name}'")
         print(f"warning: no --weights for timm model '{name}': using RANDOM weights (nothing is downloaded)",
               file=sys.stderr)
     else:
-        sd = read_state_dict(weights)
+        sd = read_state_dict(weights, student)
         classes = _classifier_classes(model, sd)
         if num_classes is None and classes is not None and classes != getattr(model, "num_classes", classes):
             model = _build_timm(name, img_size, classes, {})
@@ -189,35 +192,32 @@ def _finish(model: nn.Module, name: str, img_size: int | None, mean=None, std=No
     )
 
 
-def _checkpoint_files(path: Path, student: bool) -> tuple[Path, Path]:
-    """``(backbone.json, weights.safetensors)`` for a pretrain checkpoint directory or its .safetensors file."""
+def _pretrain_backbone(path: Path, student: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """``(backbone.json, backbone state dict, source name)`` of a pretrain checkpoint folder (teacher or student)
+    or of one of its .safetensors files."""
     if path.is_dir():
-        meta = path / "backbone.json"
-        weights = path / ("student_backbone.safetensors" if student else "teacher_backbone.safetensors")
-    else:
-        meta = path.parent / "backbone.json"
-        weights = path
-    if not meta.is_file():
-        raise UserError(f"'{path}' is not a pretrain checkpoint: '{meta}' is missing")
-    if not weights.is_file():
-        raise UserError(f"pretrain checkpoint '{path}': weights file '{weights.name}' is missing")
-    return meta, weights
+        ckpt = read_checkpoint(path, with_heads=False)
+        return dict(ckpt.meta or {}), ckpt.branch(student).backbone, ckpt.path
+    meta_path = path.parent / "backbone.json"
+    if not meta_path.is_file():
+        raise UserError(f"'{path}' is not a pretrain checkpoint: '{meta_path}' is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["timm_name"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"'{meta_path}' is not a valid backbone.json (needs 'timm_name'): {err}") from None
+    return meta, read_state_dict(path), str(path)
 
 
 def _load_checkpoint(path: Path, img_size: int | None, num_classes: int | None, student: bool) -> LoadedModel:
-    meta_path, weights = _checkpoint_files(path, student)
-    try:
-        meta = json.loads(meta_path.read_text())
-        timm_name = meta["timm_name"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"'{meta_path}' is not a valid backbone.json (needs 'timm_name'): {err}") from None
+    meta, sd, weights = _pretrain_backbone(path, student)
+    timm_name = meta["timm_name"]
     kwargs = dict(meta.get("kwargs") or {})
     native = kwargs.get("img_size", meta.get("img_size"))
     if img_size is not None:
         kwargs["img_size"] = img_size
     elif native is not None:
         kwargs["img_size"] = native
-    sd = read_state_dict(weights)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     else:
@@ -232,7 +232,7 @@ def _load_checkpoint(path: Path, img_size: int | None, num_classes: int | None, 
     return _finish(model, str(path), img_size or kwargs.get("img_size"), meta.get("mean"), meta.get("std"))
 
 
-def _load_callable(target: str, weights: str | None, img_size: int | None) -> LoadedModel:
+def _load_callable(target: str, weights: str | None, img_size: int | None, student: bool) -> LoadedModel:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -250,7 +250,9 @@ def _load_callable(target: str, weights: str | None, img_size: int | None) -> Lo
     if not isinstance(model, nn.Module):
         raise UserError(f"custom model '{target}' returned {type(model).__name__}, expected a torch.nn.Module")
     if weights is not None:
-        load_weights(model, read_state_dict(weights), str(weights))
+        load_weights(model, read_state_dict(weights, student), str(weights))
+    elif student:
+        raise UserError(f"--student needs --weights (a checkpoint with a student) for custom model '{target}'")
     return _finish(model, target, img_size)
 
 
@@ -268,12 +270,13 @@ def load_model(
         model: (a) a timm model name; (b) a ``platform pretrain`` checkpoint directory (``backbone.json`` +
             ``teacher_backbone.safetensors``) or a ``.safetensors`` file beside a ``backbone.json``; (c)
             ``package.module:callable`` returning an ``nn.Module``.
-        weights: local weights for (a) and (c): .pth/.pt/.th/.bin or .safetensors, bare or nested under
-            ``state_dict``/``model``; ``module.`` prefixes are stripped; ``pos_embed`` is resampled to the
+        weights: local weights for (a) and (c), in any layout of :mod:`mimlab.models.checkpoints`: DINO/iBOT
+            training checkpoints, released backbones, DeiT/MAE ``{'model': ...}``, timm state dicts, a
+            ``platform pretrain`` folder; read with ``weights_only=True``. ``pos_embed`` is resampled to the
             model's patch grid. A timm name without weights gets random weights and a warning.
         img_size: input side in pixels (default: the model's own).
         num_classes: classifier size (default: the checkpoint's head, else timm's default).
-        student: for pretrain checkpoints, load the student instead of the teacher.
+        student: load the checkpoint's student instead of its teacher (an error when it has none).
     """
     weights = str(weights) if weights is not None else None
     path = Path(model)
@@ -282,11 +285,11 @@ def load_model(
             raise UserError(f"--weights is not used with a pretrain checkpoint ('{model}' already holds weights)")
         return _load_checkpoint(path, img_size, num_classes, student)
     if ":" in model and not path.exists():
-        return _load_callable(model, weights, img_size)
+        return _load_callable(model, weights, img_size, student)
     if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
         raise UserError(f"--model '{model}' is a weights file: name the architecture in --model (a timm name or "
                         f"package.module:callable) and pass the file with --weights")
     if path.suffix in WEIGHT_SUFFIXES or "/" in model:
         raise UserError(f"--model '{model}': no such checkpoint (expected a timm name, a pretrain checkpoint "
                         f"directory, or package.module:callable)")
-    return _load_timm(model, weights, img_size, num_classes)
+    return _load_timm(model, weights, img_size, num_classes, student)

@@ -69,8 +69,90 @@ def _make_contrastive(cfg) -> nn.Module | None:
     return DenseContrastive.from_config(cfg.contrastive)
 
 
+def _init_source(cfg, with_heads: bool = True):
+    """``(branch, description)`` of the checkpoint network ``model.init`` / ``model.init_from`` name."""
+    from mimlab.models.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(cfg.model.init, with_heads=with_heads)
+    student = cfg.model.init_from == "student"
+    branch = ckpt.branch(student)
+    which = ("student" if student else "teacher") if ckpt.student is not None else "network"
+    return branch, f"{which} of '{ckpt.path}' ({ckpt.layout})"
+
+
+def _fit_backbone(backbone: nn.Module, sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """The init state dict checked against ``backbone`` (classifier dropped, ``pos_embed`` resampled)."""
+    from mimlab.models.loading import drop_classifier, fit_state_dict
+
+    sd, _ = drop_classifier(backbone, sd)
+    return fit_state_dict(backbone, sd, f"model.init '{cfg.model.init}'")
+
+
+def fit_head(head: IBOTHead, sd: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The checkpoint's iBOT/DINO head as ``head``'s state dict, or ``(None, why it does not fit)``.
+
+    A shared ``head`` ignores the file's ``last_layer2``; an unshared one copies ``last_layer`` when the file has
+    no ``last_layer2`` (a shared head saved once).
+    """
+    if not sd:
+        return None, "the checkpoint has no iBOT/DINO head"
+    own = head.state_dict()
+    sd = dict(sd)
+    if not any(k.startswith("last_layer2.") for k in own):
+        sd = {k: v for k, v in sd.items() if not k.startswith("last_layer2.")}
+    elif not any(k.startswith("last_layer2.") for k in sd):
+        shared = {k: v for k, v in sd.items() if k.startswith("last_layer.")}
+        sd.update({k.replace("last_layer.", "last_layer2.", 1): v for k, v in shared.items()})
+    for key, value in own.items():
+        if key not in sd:
+            return None, f"its head has no tensor '{key}'"
+        if tuple(sd[key].shape) != tuple(value.shape):
+            return None, (f"its head tensor '{key}' has shape {tuple(sd[key].shape)}, the config's head expects "
+                          f"{tuple(value.shape)}")
+    extra = [k for k in sd if k not in own]
+    if extra:
+        return None, f"its head has an unexpected tensor '{extra[0]}'"
+    return sd, ""
+
+
+def init_from_checkpoint(cfg, student: IBOTStudent, teacher: nn.Module, teacher_head: IBOTHead,
+                         announce: bool = True) -> str:
+    """Start student and teacher from the same weights of ``cfg.model.init`` (the teacher's unless
+    ``model.init_from: student``): the backbone always (``pos_embed`` resampled to the model's grid), the
+    iBOT/DINO head when the file has one of the config's shapes (else fresh), the student's mask token when present.
+
+    Returns:
+        the one line describing what was loaded (printed to stderr when ``announce``).
+
+    Raises:
+        UserError: unreadable checkpoint, no backbone, no such network, a backbone tensor that does not fit (named,
+            with both shapes).
+    """
+    import sys
+
+    branch, where = _init_source(cfg)
+    backbone = student.encoder.backbone
+    backbone.load_state_dict(_fit_backbone(backbone, branch.backbone, cfg), strict=True)
+    token = student.encoder.mask_token
+    if branch.mask_token is not None and branch.mask_token.shape == token.shape:
+        with torch.no_grad():
+            token.copy_(branch.mask_token)
+    head_sd, why = fit_head(student.head, branch.head)
+    if head_sd is not None:
+        student.head.load_state_dict(head_sd, strict=True)
+    teacher.load_state_dict(backbone.state_dict(), strict=True)
+    teacher_head.load_state_dict(student.head.state_dict(), strict=True)
+    line = (f"init: backbone and iBOT head from the {where}" if head_sd is not None else
+            f"init: backbone from the {where}; the iBOT head starts fresh ({why})")
+    if announce:
+        print(line, file=sys.stderr, flush=True)
+    return line
+
+
 def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTParts:
     """Student (masked ViT + head), EMA teacher initialised from it, loss with centres, AdamW, masking.
+
+    With ``model.init`` both start from that checkpoint (:func:`init_from_checkpoint`).
 
     Raises:
         UserError: unknown timm model/kwargs, unknown masking strategy or key, layer beyond the depth.
@@ -93,6 +175,8 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
     student = IBOTStudent(student_backbone, head).to(device).train()
     teacher = teacher.to(device).eval()
     teacher_head = teacher_head.to(device).eval()
+    if cfg.model.init is not None:
+        init_from_checkpoint(cfg, student, teacher, teacher_head, announce=rank == 0)
     for p in list(teacher.parameters()) + list(teacher_head.parameters()):
         p.requires_grad_(False)
     masking = build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=len(teacher.blocks),
@@ -117,10 +201,11 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
 
 def preflight(cfg) -> None:
     """Check on the driver what would otherwise fail inside a Ray worker: the timm model and its kwargs, the
-    masking strategies against the real depth, the contrastive section.
+    masking strategies against the real depth, the contrastive section, the ``model.init`` checkpoint.
 
     Raises:
-        UserError: one line naming the key (unknown strategy/key, layer beyond the depth, bad model kwargs).
+        UserError: one line naming the key (unknown strategy/key, layer beyond the depth, bad model kwargs), or the
+            init checkpoint's problem (unreadable, no backbone, no such network, a tensor that does not fit).
     """
     from mimlab.masking import build_masking
     from mimlab.models.vit import create_backbone
@@ -128,6 +213,8 @@ def preflight(cfg) -> None:
     with torch.device("meta"):
         backbone = create_backbone(cfg.model.timm_name, **backbone_kwargs(cfg))
     depth = len(backbone.blocks)
+    if cfg.model.init is not None:  # a missing file, no backbone or a wrong architecture fails here
+        _fit_backbone(backbone, _init_source(cfg, with_heads=False)[0].backbone, cfg)
     build_masking(cfg.masking, num_global_crops=cfg.crops.global_crops, depth=depth,
                   contrastive=cfg.contrastive is not None)
     _make_contrastive(cfg)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,6 +45,9 @@ class OnlineMonitor:
         self.query_y = torch.as_tensor(query_y)
         self.probes = self.queries[: e.probe_images]
         self.labelled = bool((self.bank_y >= 0).all() and (self.query_y >= 0).all())
+        if not self.labelled and e.knn_every > 0:
+            print("note: online k-NN skipped: the k-NN bank (training data) or queries (data.val) have images "
+                  "without labels", file=sys.stderr, flush=True)
 
     def _features(self, backbone: nn.Module, views: np.ndarray) -> torch.Tensor:
         from mimlab.evaluation.features import extract
