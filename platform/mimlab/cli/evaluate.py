@@ -53,6 +53,12 @@ def saliency(
     img_size: Annotated[
         int | None, typer.Option("--img-size", help="input side in pixels (default: model's)")
     ] = None,
+    target: Annotated[
+        str, typer.Option("--target", help="class the CAMs/TIBAV explain: gt (thesis), predicted, or an index")
+    ] = "gt",
+    channel_order: Annotated[
+        str, typer.Option("--channel-order", help="rgb, or bgr_legacy to replicate thesis bug B1")
+    ] = "rgb",
     workers: Annotated[int, typer.Option("--workers", help="Ray actors (one GPU each when GPUs exist)")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per batch (the unit of work)")] = 16,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="also write maps.npz")] = False,
@@ -77,10 +83,12 @@ def saliency(
         batch_size=batch_size,
         save_maps=save_maps,
         out=out,
+        target=target,
+        channel_order=channel_order,
         tracking_uri=tracking_uri,
         experiment=experiment,
     )
-    typer.echo(format_table(result.table, result.higher_is_better))
+    typer.echo(format_table(result.table, result.higher_is_better, result.intervals, result.targets))
     typer.echo(
         f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir} (MLflow run {result.run_id})"
     )
