@@ -35,7 +35,8 @@ def explain(
 ) -> None:
     """Explain images: print the top-5, write one overlay per (image, method), a grid and optionally an .npz.
 
-    Methods (name[:key=value,...], layers 1-based): gradcam, gradcam++, xgradcam, scorecam [target-layer=PATH];
+    Methods (name[:key=value,...], layers 1-based): gradcam, gradcam++, xgradcam, scorecam, hirescam,
+    gradcam-elementwise, layercam, eigencam, eigengradcam, ablationcam [target-layer=PATH]; fullgrad (CNNs);
     raw [layer]; head [layer,head]; raw-star, raw-log [layer]; raw-pow [layer,p]; rollout [layers=A-B,
     order=descending|ascending]; keys-norm [layer,variant]; raw-star-x-keys-norm [layer,variant,mode];
     tibav [start]. Attention methods and tibav need a ViT.

@@ -30,6 +30,7 @@ class Explainer:
 
     Attributes:
         vit_only: the method reads transformer attention and fails on CNNs.
+        cnn_only: the method reads CNN internals (FullGrad) and is refused on ViTs.
         gradient_free: no backward pass (attention family); such methods share one forward in ``explain_many``.
         keys: the spec keys the method accepts.
         reads_capture: the map is computed from an ``AttentionCapture`` (``from_capture``), so ``explain_many``
@@ -38,6 +39,7 @@ class Explainer:
     """
 
     vit_only: ClassVar[bool] = False
+    cnn_only: ClassVar[bool] = False
     gradient_free: ClassVar[bool] = False
     takes_target: ClassVar[bool] = True
     keys: ClassVar[frozenset[str]] = frozenset()
@@ -90,6 +92,11 @@ class Explainer:
         return value
 
 
+def fits(cls: type[Explainer], kind: str) -> bool:
+    """Whether explainer class ``cls`` runs on a model of ``kind`` (``"vit"`` or ``"cnn"``)."""
+    return not (cls.vit_only and kind != "vit") and not (cls.cnn_only and kind == "vit")
+
+
 def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
     """Parse ``name[:key=value,...]`` and build the registered explainer for ``loaded``.
 
@@ -102,8 +109,12 @@ def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
     spec = parse_spec(spec_text)
     cls = EXPLAINERS.get(spec.name)
     spec.check_keys(cls.keys)
+    if cls.cnn_only and loaded.kind == "vit":
+        vits = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "vit"))
+        raise UserError(f"method '{spec.name}' needs a CNN (it reads conv/batch-norm biases); model '{loaded.name}' "
+                        f"is a ViT (methods for ViTs: {vits})")
     if cls.vit_only and loaded.kind != "vit":
-        cams = ", ".join(n for n in EXPLAINERS.names() if not EXPLAINERS.get(n).vit_only)
+        cams = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "cnn"))
         raise UserError(
             f"method '{spec.name}' reads transformer attention and needs a ViT; model '{loaded.name}' is a CNN "
             f"(methods for CNNs: {cams})"

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from mimlab.errors import UserError
-from mimlab.explain.base import EXPLAINERS, build_explainer, check_target_index, parse_target, resolve_targets
+from mimlab.explain.base import (
+    EXPLAINERS,
+    build_explainer,
+    check_target_index,
+    fits,
+    parse_target,
+    resolve_targets,
+)
 from mimlab.explain.many import explain_many
 from mimlab.explain.render import overlay, save_grid, save_png, slug
 from mimlab.models.loading import LoadedModel, load_model
@@ -95,7 +102,7 @@ def image_label(path: Path, class_root: Path | None = None) -> int | None:
 def default_methods(loaded: LoadedModel, all_methods: bool) -> list[str]:
     """Every registered method that fits the model (``--all``), else Grad-CAM (CNN) / Raw (ViT)."""
     if all_methods:
-        return [n for n in EXPLAINERS.names() if loaded.kind == "vit" or not EXPLAINERS.get(n).vit_only]
+        return [n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), loaded.kind)]
     return ["raw"] if loaded.kind == "vit" else ["gradcam"]
 
 
