@@ -237,15 +237,16 @@ def _validate(records: list, metric_objs: list, data: str | None, target: str | 
         raise UserError(f"data '{where}' has no foreground masks, which metric(s) {names} need")
 
 
-def _fan_out(batches: list[list], workers: int, actor_kwargs: dict) -> list[dict[str, Any]]:
-    """Run the batches on ``workers`` Ray actors and return the results in batch order."""
+def _fan_out(batches: list[list], workers: int, actor_kwargs: dict, worker: type | None = None) -> list[Any]:
+    """Run the batches on ``workers`` Ray actors of class ``worker`` (default :class:`SaliencyEvaluator`, any class
+    with ``run_many(batches)``) and return the results in batch order."""
     import ray
 
     from mimlab.runtime.ray_env import ensure_ray
 
     ensure_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(SaliencyEvaluator)
+    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(worker or SaliencyEvaluator)
     groups = share_out(batches, workers)
     actors = [actor_cls.remote(**actor_kwargs) for _ in groups]
     try:
@@ -263,14 +264,14 @@ def _fan_out(batches: list[list], workers: int, actor_kwargs: dict) -> list[dict
     return [r for part in parts for r in part]
 
 
-def _atomic_outputs(out_dir: Path, write: Any) -> list[Path]:
-    """Call ``write(tmp_dir)``, then move every file into ``out_dir`` (``results.json`` last)."""
+def _atomic_outputs(out_dir: Path, write: Any, last: str = "results.json") -> list[Path]:
+    """Call ``write(tmp_dir)``, then move every file into ``out_dir`` (``last`` last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
     try:
         write(tmp)
         names = sorted(p.name for p in tmp.iterdir())
-        names.sort(key=lambda n: n == "results.json")
+        names.sort(key=lambda n: n == last)
         final = []
         for name in names:
             os.replace(tmp / name, out_dir / name)
