@@ -438,7 +438,7 @@ def compute_saliency(
     if isinstance(target, int):
         with torch.no_grad():
             check_target_index(target, int(loaded.module(torch.zeros(1, 3, size, size)).shape[-1]))
-    targets_of = {e.text: (str(target) if e.takes_target else NO_TARGET) for e in explainers}
+    targets_of = {m: (str(target) if e.takes_target else NO_TARGET) for m, e in zip(methods, explainers)}
     del loaded
     records = load_records(data, split=split, limit=limit)
     if not records:
