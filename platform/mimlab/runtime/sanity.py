@@ -124,7 +124,7 @@ def plot_sanity(summary: dict[str, Any], path: Path, title: str) -> None:
             ax.fill_between(range(len(steps)), lo, hi, color=line.get_color(), alpha=0.2)
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_xticks(range(len(steps)), steps, rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(-0.2 if measure == "spearman" else 0.0, 1.05)
+        ax.set_ylim(-1.05, 1.05)  # both measures lie in [-1, 1]
         ax.set_title(f"{measure} with the original maps (cascading)", fontsize=9)
         ax.set_xlabel("randomised down to block", fontsize=8)
     axes[0][0].legend(fontsize=7)
