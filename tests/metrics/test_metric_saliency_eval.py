@@ -246,3 +246,17 @@ def test_gt_target_on_unlabelled_data_names_the_image(tiny_checkpoint, tmp_path,
                              "path": pa.array(["u0.png"])}), shard / "part-00000.parquet")
     cli_error(["evaluate", "saliency", "--model", str(tiny_checkpoint), "--data", str(shard), "--metrics",
                "deletion", "--method", "gradcam", "--out", str(tmp_path / "o")], "u0.png", "--target gt")
+
+
+def test_gt_target_needs_no_labels_when_no_method_takes_a_class(tiny_checkpoint, tmp_path):
+    from mimlab.data.sources import encode_png, load_records
+
+    img = encode_png(np.full((32, 32, 3), 80, np.uint8))
+    shard = tmp_path / "shards"
+    shard.mkdir()
+    pq.write_table(pa.table({"image": pa.array([img], pa.binary()), "label": pa.array([None], pa.int64()),
+                             "path": pa.array(["u0.png"])}), shard / "part-00000.parquet")
+    evaluator = SaliencyEvaluator(model=str(tiny_checkpoint), weights=None, img_size=None, methods=["raw"],
+                                  metrics=["deletion"], save_maps=False, target="gt")
+    out = evaluator.run(load_records(str(shard)))
+    assert len(out["values"]["raw"]["deletion"]) == 1

@@ -174,7 +174,8 @@ class SaliencyEvaluator:
         masks = masks.to(self.device) if masks is not None else None
         with torch.no_grad():
             predicted = model(images).argmax(1)  # [B,K] -> [B]
-        targets = resolve_targets(self.target, predicted, labels)
+        takers = any(getattr(e, "takes_target", True) for e in self.explainers.values())
+        targets = resolve_targets(self.target, predicted, labels) if takers else predicted
         out: dict[str, Any] = {"predicted": predicted.cpu().tolist(), "targets": targets.cpu().tolist(),
                                "values": {}, "maps": {}}
         for text, explainer in self.explainers.items():
