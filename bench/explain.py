@@ -135,7 +135,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", default="vit,cnn", help="comma list of vit,cnn")
-    p.add_argument("--scorecam", action="store_true", help="also time Score-CAM and AblationCAM (a forward per channel)")
+    p.add_argument("--scorecam", action="store_true",
+                   help="also time Score-CAM and AblationCAM (a forward per channel)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = p.parse_args()

@@ -91,7 +91,8 @@ def test_gt_and_predicted_give_different_cams_and_gt_equals_grad_cams_own_map(ck
     for target in ("gt", "predicted"):
         npz = tmp_path / f"{target}.npz"
         res = CliRunner().invoke(app, ["explain", str(image), "--model", str(ckpt), "--method", "gradcam",
-                                       "--target", target, "--class-root", str(tree), "--out", str(tmp_path / target), "--save-maps", str(npz)])
+                                       "--target", target, "--class-root", str(tree),
+                                       "--out", str(tmp_path / target), "--save-maps", str(npz)])
         assert res.exit_code == 0, res.output
         assert f"target ({target}): explaining class {label if target == 'gt' else predicted}" in res.output
         maps[target] = np.load(npz)["gradcam"][0]

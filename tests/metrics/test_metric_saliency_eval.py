@@ -77,7 +77,8 @@ def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_ch
     assert len(runs) == 1
     assert runs.iloc[0]["metrics.raw/ad"] == pytest.approx(table["raw"]["ad"])
     assert runs.iloc[0]["params.workers"] == "2" and runs.iloc[0]["params.target"] == "gt"
-    assert runs.iloc[0]["metrics.raw/ad/ci95_low"] == pytest.approx(doc["methods"]["raw"]["metrics"]["ad"]["ci95"][0])
+    low = doc["methods"]["raw"]["metrics"]["ad"]["ci95"][0]
+    assert runs.iloc[0]["metrics.raw/ad/ci95_low"] == pytest.approx(low)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs.iloc[0]["run_id"])}
     assert {"results.json", "per_image.csv", "maps.npz", "metrics.png"} <= artifacts
 
@@ -231,8 +232,8 @@ def test_bgr_legacy_feeds_the_channels_swapped(tiny_checkpoint):
     ],
 )
 def test_bad_target_and_channel_order_are_one_error_line(tiny_checkpoint, tmp_path, cli_error, extra, expected):
-    cli_error(["evaluate", "saliency", "--model", str(tiny_checkpoint), "--limit", "2", "--out", str(tmp_path / "o"),
-               *extra], *expected)
+    cli_error(["evaluate", "saliency", "--model", str(tiny_checkpoint), "--limit", "2",
+               "--out", str(tmp_path / "o"), *extra], *expected)
     assert not (tmp_path / "o" / "results.json").exists()
 
 

@@ -23,7 +23,7 @@ def explain(
         help="class to explain: predicted (top-1), gt (label from an nXXXXXXXX_ name or the class folder under "
              "--class-root) or a class index")] = "predicted",
     class_root: Annotated[Path | None, typer.Option(
-        help="ImageFolder root: an image's label = index of its class folder among the sorted folders here")] = None,
+        help="ImageFolder root: an image's label = its class folder's index among the sorted folders")] = None,
     out: Annotated[Path, typer.Option(help="folder for the overlays and grid.png")] = Path("explanations"),
     save_maps: Annotated[Path | None, typer.Option(help="write maps to this .npz: one [N,H,W] array per spec")] = None,
     mean: Annotated[tuple[float, float, float] | None, typer.Option(

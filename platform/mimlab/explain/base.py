@@ -111,8 +111,8 @@ def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
     spec.check_keys(cls.keys)
     if cls.cnn_only and loaded.kind == "vit":
         vits = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "vit"))
-        raise UserError(f"method '{spec.name}' needs a CNN (it reads conv/batch-norm biases); model '{loaded.name}' "
-                        f"is a ViT (methods for ViTs: {vits})")
+        raise UserError(f"method '{spec.name}' needs a CNN (it reads conv/batch-norm biases); "
+                        f"model '{loaded.name}' is a ViT (methods for ViTs: {vits})")
     if cls.vit_only and loaded.kind != "vit":
         cams = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "cnn"))
         raise UserError(

@@ -139,7 +139,8 @@ def explain_images(
     """Explain each image with each method; print the top-5 and write overlays, the grid and optionally an .npz.
 
     ``target``: ``"predicted"`` (top-1, default), ``"gt"`` (the label from the image's name or from its class
-    folder under ``class_root``, see :func:`image_label`) or a class index; gradient-free attention methods explain no class and ignore it.
+    folder under ``class_root``, see :func:`image_label`) or a class index; gradient-free attention methods
+    explain no class and ignore it.
     The npz holds, for each method spec exactly as given, float32 ``[num_images, H, W]`` in [0,1], images in order.
     """
     if not images:

@@ -52,7 +52,8 @@ def randomisation_blocks(model: nn.Module) -> list[Block]:
         if not any(True for _ in child.parameters()):
             continue
         if name in ("blocks", "layers") and len(list(child.children())) > 1:
-            items.extend((f"{name}.{n}", c) for n, c in child.named_children() if any(True for _ in c.parameters()))
+            items.extend((f"{name}.{n}", c) for n, c in child.named_children()
+                         if any(True for _ in c.parameters()))
         else:
             items.append((name, child))
     loose = tuple(p for _, p in model.named_parameters(recurse=False))

@@ -76,7 +76,8 @@ class SanityWorker:
             predicted = self.loaded.module(images).argmax(1)
         targets = predicted  # unused when no method takes a class
         if any(getattr(e, "takes_target", True) for e in self.explainers.values()):
-            targets = resolve_targets(self.target, predicted, labels.to(self.device) if labels is not None else None)
+            gt = labels.to(self.device) if labels is not None else None
+            targets = resolve_targets(self.target, predicted, gt)
         out = sanity_batch(self.loaded.module, self.explainers, images, targets, seed=self.seed, modes=self.modes)
         return {"values": out.values, "steps": out.steps}
 
