@@ -4,7 +4,8 @@ For each model every registered method that fits it is timed on the same batch o
 samples resized to 224 px, random weights — nothing is downloaded):
 
 * CAM family / TIBAV — one batched call each (``maps/s = batch / median seconds``). Score-CAM costs one forward
-  per channel (384 for ViT-S, 2048 for ResNet-50, per image) and is skipped unless ``--scorecam``.
+  per channel (384 for ViT-S, 2048 for ResNet-50, per image), as does AblationCAM; both are skipped unless
+  ``--scorecam``.
 * Attention family (ViT) — ``explain_many``: all attention methods from ONE forward of the batch (the pass count
   is measured with a forward hook), compared in the same run with the reference a straightforward script does:
   a per-image loop calling each method on its own (``batch × methods`` forwards). Prints both medians, the
@@ -75,6 +76,7 @@ class PassCounter:
 
 def bench_model(timm_name: str, batch: int, repeats: int, scorecam: bool, device: str = "cpu") -> None:
     from mimlab.explain import EXPLAINERS, build_explainer, explain_many
+    from mimlab.explain.base import fits
     from mimlab.explain.run import preprocess
     from mimlab.models.loading import load_model
 
@@ -82,7 +84,7 @@ def bench_model(timm_name: str, batch: int, repeats: int, scorecam: bool, device
     _, images = preprocess(list(photographs(batch, 224)), 224, loaded.mean, loaded.std)
     loaded.module.to(device)
     images = images.to(device)
-    names = [n for n in EXPLAINERS.names() if loaded.kind == "vit" or not EXPLAINERS.get(n).vit_only]
+    names = [n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), loaded.kind)]
     attention = [n for n in names if EXPLAINERS.get(n).reads_capture]
     others = [n for n in names if n not in attention]
     print(f"\n== {timm_name} ({loaded.kind}) on {device}, batch {batch}, 224 px, {torch.get_num_threads()} threads, "
@@ -91,7 +93,7 @@ def bench_model(timm_name: str, batch: int, repeats: int, scorecam: bool, device
     with torch.no_grad():
         loaded.module(images[:1])  # warm-up
     for name in others:
-        if name == "scorecam" and not scorecam:
+        if name in ("scorecam", "ablationcam") and not scorecam:
             channels = 384 if loaded.kind == "vit" else 2048
             print(f"{name:<24}{'skipped':>10}{'':>10}{channels * batch:>8}  (one forward per channel; --scorecam)")
             continue
@@ -133,7 +135,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", default="vit,cnn", help="comma list of vit,cnn")
-    p.add_argument("--scorecam", action="store_true", help="also time Score-CAM (hundreds of forwards per image)")
+    p.add_argument("--scorecam", action="store_true",
+                   help="also time Score-CAM and AblationCAM (a forward per channel)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = p.parse_args()

@@ -11,6 +11,10 @@ from mimlab.explain import EXPLAINERS, build_explainer
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
 def test_every_explainer_on_tiny_vit(name, vit, images):
+    if EXPLAINERS.get(name).cnn_only:
+        with pytest.raises(UserError, match="needs a CNN"):
+            build_explainer(name, vit)
+        return
     maps = build_explainer(name, vit)(images, torch.tensor([1, 2]))
     assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
     assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
@@ -32,6 +36,9 @@ def test_metadata_is_declared():
     for name in EXPLAINERS.names():
         cls = EXPLAINERS.get(name)
         assert isinstance(cls.vit_only, bool) and isinstance(cls.gradient_free, bool)
+        assert isinstance(cls.takes_target, bool) and not (cls.vit_only and cls.cnn_only)
+    assert not EXPLAINERS.get("raw").takes_target and not EXPLAINERS.get("eigencam").takes_target
+    assert EXPLAINERS.get("scorecam").takes_target and EXPLAINERS.get("ablationcam").takes_target
     assert EXPLAINERS.get("raw").gradient_free and not EXPLAINERS.get("gradcam").gradient_free
     assert not EXPLAINERS.get("gradcam").vit_only and EXPLAINERS.get("tibav").vit_only
 

@@ -40,7 +40,10 @@ def test_study_runs_parent_and_child_runs_and_prints_the_combined_table(
     )
     assert res.exit_code == 0, res.output
     assert "ad ↓ lower is better" in res.output and "Rollout" in res.output
-    results = json.loads((tmp_path / "s" / "study.json").read_text())
+    doc = json.loads((tmp_path / "s" / "study.json").read_text())
+    results = doc["results"]
+    assert doc["target"] == "gt" and "Wilcoxon" in doc["significance"]["test"] and "Wilcoxon" in res.output
+    assert doc["ci95"]["A"]["raw"]["ad"][0] <= results["A"]["raw"]["ad"] <= doc["ci95"]["A"]["raw"]["ad"][1]
     assert (
         list(results) == ["A", "B"]
         and list(results["A"]) == ["raw", "Rollout"]
@@ -92,3 +95,39 @@ def test_study_yaml_errors_name_the_key(tmp_path):
 def test_shipped_thesis_studies_load(name):
     cfg = load_study(STUDIES / name)
     assert cfg.pairs()
+
+
+def test_study_target_and_channel_order_are_validated(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY + "target: predicted\nchannel_order: bgr_legacy\n")
+    cfg = load_study(path, ["ckpt=x"])
+    assert cfg.target == "predicted" and cfg.channel_order == "bgr_legacy"
+    assert load_study(STUDIES / "table5_cams.yaml").target == "gt"  # the thesis protocol by default
+    path.write_text(STUDY + "target: 3\n")
+    assert load_study(path, ["ckpt=x"]).target == 3
+    path.write_text(STUDY + "target: top1\n")
+    with pytest.raises(UserError, match="key 'target'.*gt, predicted or a class index"):
+        load_study(path, ["ckpt=x"])
+    path.write_text(STUDY + "channel_order: bgr\n")
+    with pytest.raises(UserError, match="key 'channel_order'"):
+        load_study(path, ["ckpt=x"])
+
+
+def test_significance_marks_methods_not_different_from_the_best():
+    from mimlab.metrics.study import significance
+
+    rng = [0.01 * ((i * 37) % 11) for i in range(40)]  # fixed pseudo-noise
+    values = {"M": {"x": {"ai": [0.5 + r for r in rng]},
+                    "y": {"ai": [0.5 + r + 0.002 * ((-1) ** i) for i, r in enumerate(rng)]},  # a tie with x
+                    "z": {"ai": [0.2 + r for r in rng]}}}  # clearly worse
+    sig = significance(values, ["x", "y", "z"], {"ai": True})
+    tests = sig["tests"]["ai"]["M"]
+    best = tests["z"]["vs"]
+    assert best in ("x", "y") and best not in tests and "Wilcoxon" in sig["test"]
+    other = "x" if best == "y" else "y"
+    assert not tests[other]["significant"] and tests["z"]["significant"] and tests["z"]["p"] < 1e-6
+    means = {"M": {m: {"ai": sum(v["ai"]) / 40} for m, v in values["M"].items()}}
+    text = format_study(means, ["x", "y", "z"], {"ai": True}, significance=sig)
+    row = {line.split()[0]: line for line in text.splitlines() if line.split() and line.split()[0] in "xyz"}
+    assert row[best].endswith("*") and row[other].endswith("=") and not row["z"].endswith(("=", "*"))
+    assert "Wilcoxon" in text

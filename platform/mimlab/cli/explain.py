@@ -19,7 +19,11 @@ def explain(
         "--method", help="method spec name[:key=value,...], 1-based layers, e.g. rollout:layers=9-12 (repeat)")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every method that fits the model")] = False,
     img_size: Annotated[int | None, typer.Option(help="input side in px (default: the model's)")] = None,
-    target: Annotated[int | None, typer.Option(help="class to explain (default: the top-1 prediction)")] = None,
+    target: Annotated[str, typer.Option(
+        help="class to explain: predicted (top-1), gt (label from an nXXXXXXXX_ name or the class folder under "
+             "--class-root) or a class index")] = "predicted",
+    class_root: Annotated[Path | None, typer.Option(
+        help="ImageFolder root: an image's label = its class folder's index among the sorted folders")] = None,
     out: Annotated[Path, typer.Option(help="folder for the overlays and grid.png")] = Path("explanations"),
     save_maps: Annotated[Path | None, typer.Option(help="write maps to this .npz: one [N,H,W] array per spec")] = None,
     mean: Annotated[tuple[float, float, float] | None, typer.Option(
@@ -31,7 +35,8 @@ def explain(
 ) -> None:
     """Explain images: print the top-5, write one overlay per (image, method), a grid and optionally an .npz.
 
-    Methods (name[:key=value,...], layers 1-based): gradcam, gradcam++, xgradcam, scorecam [target-layer=PATH];
+    Methods (name[:key=value,...], layers 1-based): gradcam, gradcam++, xgradcam, scorecam, hirescam,
+    gradcam-elementwise, layercam, eigencam, eigengradcam, ablationcam [target-layer=PATH]; fullgrad (CNNs);
     raw [layer]; head [layer,head]; raw-star, raw-log [layer]; raw-pow [layer,p]; rollout [layers=A-B,
     order=descending|ascending]; keys-norm [layer,variant]; raw-star-x-keys-norm [layer,variant,mode];
     tibav [start]. Attention methods and tibav need a ViT.
@@ -39,7 +44,8 @@ def explain(
     from mimlab.explain.run import explain_images
 
     explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,
-                   img_size=img_size, target=target, out=out, save_maps=save_maps, mean=mean, std=std,
+                   img_size=img_size, target=target, class_root=class_root, out=out, save_maps=save_maps,
+                   mean=mean, std=std,
                    channel_order=channel_order, student=student, echo=typer.echo)
 
 

@@ -24,6 +24,7 @@ class AttentionExplainer(Explainer):
     vit_only = True
     gradient_free = True
     reads_capture = True
+    takes_target = False
     needs_logits: ClassVar[bool] = False
     needs_keys: ClassVar[bool] = False
     keys = frozenset({"layer"})

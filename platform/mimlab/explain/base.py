@@ -3,6 +3,10 @@
 ``build_explainer("raw:layer=12", loaded)(images [B,3,H,W] normalised, targets LongTensor[B] | None)``
 returns maps ``[B,H,W]`` in [0, 1] at input resolution. Behaviour is metadata (``vit_only``, ``gradient_free``),
 never a branch on names.
+
+Which class a map explains (``--target``) is resolved once, by :func:`resolve_targets`, from a :func:`parse_target`
+value: ``"gt"`` (the label), ``"predicted"`` (top-1) or a class index. Methods with ``takes_target = False`` (the
+gradient-free attention family) read no class at all and are given ``None``.
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ class Explainer:
 
     Attributes:
         vit_only: the method reads transformer attention and fails on CNNs.
+        cnn_only: the method reads CNN internals (FullGrad) and is refused on ViTs.
         gradient_free: no backward pass (attention family); such methods share one forward in ``explain_many``.
         keys: the spec keys the method accepts.
         reads_capture: the map is computed from an ``AttentionCapture`` (``from_capture``), so ``explain_many``
             can serve every such method from a single forward pass.
+        takes_target: the map depends on the class explained (CAMs, TIBAV); ``False`` for attention maps.
     """
 
     vit_only: ClassVar[bool] = False
+    cnn_only: ClassVar[bool] = False
     gradient_free: ClassVar[bool] = False
+    takes_target: ClassVar[bool] = True
     keys: ClassVar[frozenset[str]] = frozenset()
     reads_capture: ClassVar[bool] = False
 
@@ -84,6 +92,11 @@ class Explainer:
         return value
 
 
+def fits(cls: type[Explainer], kind: str) -> bool:
+    """Whether explainer class ``cls`` runs on a model of ``kind`` (``"vit"`` or ``"cnn"``)."""
+    return not (cls.vit_only and kind != "vit") and not (cls.cnn_only and kind == "vit")
+
+
 def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
     """Parse ``name[:key=value,...]`` and build the registered explainer for ``loaded``.
 
@@ -96,8 +109,12 @@ def build_explainer(spec_text: str, loaded: LoadedModel) -> Explainer:
     spec = parse_spec(spec_text)
     cls = EXPLAINERS.get(spec.name)
     spec.check_keys(cls.keys)
+    if cls.cnn_only and loaded.kind == "vit":
+        vits = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "vit"))
+        raise UserError(f"method '{spec.name}' needs a CNN (it reads conv/batch-norm biases); "
+                        f"model '{loaded.name}' is a ViT (methods for ViTs: {vits})")
     if cls.vit_only and loaded.kind != "vit":
-        cams = ", ".join(n for n in EXPLAINERS.names() if not EXPLAINERS.get(n).vit_only)
+        cams = ", ".join(n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), "cnn"))
         raise UserError(
             f"method '{spec.name}' reads transformer attention and needs a ViT; model '{loaded.name}' is a CNN "
             f"(methods for CNNs: {cams})"
@@ -134,6 +151,59 @@ def patch_scores_to_map(
     if normalise == "after":
         maps = minmax(maps)
     return maps
+
+
+TARGET_MODES = ("gt", "predicted")
+NO_TARGET = "none (gradient-free attention map: it explains no class)"
+
+
+def parse_target(value: str | int, option: str = "--target") -> str | int:
+    """``"gt"``, ``"predicted"`` or a class index ``>= 0`` from a CLI/YAML value.
+
+    Raises:
+        UserError: anything else.
+    """
+    text = str(value).strip()
+    if text in TARGET_MODES:
+        return text
+    try:
+        index = int(text)
+    except ValueError:
+        raise UserError(
+            f"{option} must be gt, predicted or a class index, got '{value}'{did_you_mean(text, TARGET_MODES)}"
+        ) from None
+    if index < 0:
+        raise UserError(f"{option} class index must be >= 0, got {index}")
+    return index
+
+
+def resolve_targets(target: str | int, predicted: Tensor, labels: Tensor | None, *, where: str = "") -> Tensor:
+    """The class explained per image.
+
+    Args:
+        target: a :func:`parse_target` value.
+        predicted: LongTensor [B], the top-1 classes.
+        labels: LongTensor [B] ground-truth labels, or ``None`` when unknown.
+        where: names the data source in the error message.
+    Returns:
+        LongTensor [B] on ``predicted``'s device.
+    Raises:
+        UserError: ``gt`` without labels.
+    """
+    if target == "predicted":
+        return predicted
+    if target == "gt":
+        if labels is None:
+            raise UserError(f"--target gt needs labels, but {where or 'the images'} have none "
+                            "(use --target predicted or a class index)")
+        return torch.as_tensor(labels, dtype=torch.long).to(predicted.device).reshape(-1)
+    return torch.full_like(predicted, int(target))
+
+
+def check_target_index(target: str | int, num_classes: int) -> None:
+    """A class-index target must address one of the model's ``num_classes`` outputs."""
+    if isinstance(target, int) and not 0 <= target < num_classes:
+        raise UserError(f"--target {target} is outside 0..{num_classes - 1} (the model has {num_classes} outputs)")
 
 
 def predicted_targets(logits: Tensor, targets: Tensor | None) -> Tensor:

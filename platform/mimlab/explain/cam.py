@@ -1,9 +1,15 @@
-"""CAM family (methods-spec §2.1) on the ``grad-cam`` package: GradCAM, GradCAM++, XGradCAM, Score-CAM.
+"""CAM family (methods-spec §2.1) on the ``grad-cam`` package (1.5.7): GradCAM, GradCAM++, XGradCAM, Score-CAM
+(the thesis' four) and HiResCAM, GradCAM element-wise, LayerCAM, EigenCAM, EigenGradCAM, AblationCAM, FullGrad.
 
 The invariant work lives in :class:`CamExplainer` (target-layer resolution, the ViT token → grid reshape, targets);
 each method names its engine class. Target layer: ``target-layer=<module path>``; default for CNNs = the last
 convolutional stage (timm ``feature_info[-1]``, e.g. ``layer4``), for ViTs = ``blocks.<last>.norm1`` with tokens
 reshaped to the patch grid of the input (prefix tokens dropped, nothing hard-coded).
+
+FullGrad ignores the target layer (it sums input-gradient × input and bias-gradient maps of every
+``Conv2d``/``BatchNorm2d`` with a bias); on a ViT only the patch embedding qualifies, so it is offered for CNNs only.
+grad-cam matches those layer types exactly, so timm's fused ``BatchNormAct2d`` layers (EfficientNet, RegNet, …)
+are skipped; timm's ResNets use plain ``BatchNorm2d`` and are fully covered.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class CamExplainer(Explainer):
     keys = frozenset({"target-layer"})
     batch_size: ClassVar[int] = 16
 
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Extra constructor arguments of the grad-cam engine (a fresh instance per call where stateful)."""
+        return {}
+
     def configure(self) -> None:
         path = self.spec.params.get("target-layer") or default_target_layer(self.model, self.loaded.kind)
         names = dict(self.model.named_modules())
@@ -86,9 +96,13 @@ class CamExplainer(Explainer):
         cam_targets: Any = None
         if targets is not None:
             cam_targets = [ClassifierOutputTarget(int(t)) for t in torch.as_tensor(targets).reshape(-1)]
-        with engine_cls(model=self.model, target_layers=[self.layer], reshape_transform=self.reshape) as cam:
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet):  # FullGrad prints that it ignores target_layers
+            engine = engine_cls(model=self.model, target_layers=[self.layer], reshape_transform=self.reshape,
+                                **self.engine_kwargs())
+        with engine as cam:
             cam.batch_size = self.batch_size
-            with torch.enable_grad(), contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's tqdm bars
+            with torch.enable_grad(), contextlib.redirect_stderr(quiet):  # Score-/Ablation-CAM's tqdm bars
                 maps = cam(input_tensor=images, targets=cam_targets)
         self.model.zero_grad(set_to_none=True)
         return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).to(images.device)
@@ -121,3 +135,62 @@ class ScoreCam(CamExplainer):
 
     engine = "ScoreCAM"
     gradient_free = True
+
+
+@EXPLAINERS.register("hirescam")
+class HiResCam(CamExplainer):
+    """HiResCAM: element-wise gradient × activation summed over channels (no spatial averaging of the weights)."""
+
+    engine = "HiResCAM"
+
+
+@EXPLAINERS.register("gradcam-elementwise")
+class GradCamElementWise(CamExplainer):
+    """GradCAM element-wise: ReLU(gradient × activation) summed over channels."""
+
+    engine = "GradCAMElementWise"
+
+
+@EXPLAINERS.register("layercam")
+class LayerCam(CamExplainer):
+    """LayerCAM: ReLU(gradient) × activation, element-wise, summed over channels."""
+
+    engine = "LayerCAM"
+
+
+@EXPLAINERS.register("eigencam")
+class EigenCam(CamExplainer):
+    """EigenCAM: first principal component of the activations (no gradients and no class)."""
+
+    engine = "EigenCAM"
+    gradient_free = True
+    takes_target = False
+
+
+@EXPLAINERS.register("eigengradcam")
+class EigenGradCam(CamExplainer):
+    """EigenGradCAM: first principal component of gradient × activation."""
+
+    engine = "EigenGradCAM"
+
+
+@EXPLAINERS.register("ablationcam")
+class AblationCam(CamExplainer):
+    """AblationCAM: weight of a channel = relative drop of the target logit when the channel is zeroed."""
+
+    engine = "AblationCAM"
+    gradient_free = True
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+
+        return {"ablation_layer": AblationLayerVit() if self.loaded.kind == "vit" else AblationLayer(),
+                "batch_size": self.batch_size}
+
+
+@EXPLAINERS.register("fullgrad")
+class FullGradCam(CamExplainer):
+    """FullGrad: |input-gradient × input| plus |bias-gradient × bias| of every conv/BN bias (CNNs only)."""
+
+    engine = "FullGrad"
+    cnn_only = True

@@ -48,5 +48,5 @@ def explain_many(
             out[k] = e.from_capture(cap, size).float().clamp_(0.0, 1.0)
     for k, e in built.items():
         if k not in out:
-            out[k] = e(images, targets)
+            out[k] = e(images, targets if e.takes_target else None)
     return {k: out[k] for k in built}

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from mimlab.errors import UserError
-from mimlab.explain.base import EXPLAINERS, build_explainer
+from mimlab.explain.base import (
+    EXPLAINERS,
+    build_explainer,
+    check_target_index,
+    fits,
+    parse_target,
+    resolve_targets,
+)
 from mimlab.explain.many import explain_many
 from mimlab.explain.render import overlay, save_grid, save_png, slug
 from mimlab.models.loading import LoadedModel, load_model
@@ -67,10 +74,35 @@ def preprocess(
     return resized, (x - m) / s
 
 
+def image_label(path: Path, class_root: Path | None = None) -> int | None:
+    """The ground-truth label of an image file where its name or folder says it, else ``None``.
+
+    * ``nXXXXXXXX_*.JPEG`` (flat ImageNet folder): index of its wnid among the sorted wnids present in the folder;
+    * under ``class_root/<class>/`` (an ImageFolder tree, named explicitly because any folder of folders looks
+      like one): index of ``<class>`` among the sorted class folders of ``class_root``.
+
+    These are the rules of ``platform evaluate saliency --data`` (``mimlab.data.sources``).
+    """
+    from mimlab.data.sources import _WNID_FILE
+
+    path = Path(path).resolve()
+    if class_root is not None:
+        root = Path(class_root).resolve()
+        if root not in path.parents:
+            return None
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return classes.index(path.relative_to(root).parts[0]) if len(path.relative_to(root).parts) > 1 else None
+    match = _WNID_FILE.match(path.name)
+    if match:
+        wnids = sorted({m.group(1) for m in map(_WNID_FILE.match, (p.name for p in path.parent.iterdir())) if m})
+        return wnids.index(match.group(1))
+    return None
+
+
 def default_methods(loaded: LoadedModel, all_methods: bool) -> list[str]:
     """Every registered method that fits the model (``--all``), else Grad-CAM (CNN) / Raw (ViT)."""
     if all_methods:
-        return [n for n in EXPLAINERS.names() if loaded.kind == "vit" or not EXPLAINERS.get(n).vit_only]
+        return [n for n in EXPLAINERS.names() if fits(EXPLAINERS.get(n), loaded.kind)]
     return ["raw"] if loaded.kind == "vit" else ["gradcam"]
 
 
@@ -93,7 +125,8 @@ def explain_images(
     methods: Sequence[str] = (),
     all_methods: bool = False,
     img_size: int | None = None,
-    target: int | None = None,
+    target: str | int = "predicted",
+    class_root: Path | None = None,
     out: Path = Path("explanations"),
     save_maps: Path | None = None,
     mean: Sequence[float] | None = None,
@@ -105,10 +138,14 @@ def explain_images(
 ) -> ExplainResult:
     """Explain each image with each method; print the top-5 and write overlays, the grid and optionally an .npz.
 
+    ``target``: ``"predicted"`` (top-1, default), ``"gt"`` (the label from the image's name or from its class
+    folder under ``class_root``, see :func:`image_label`) or a class index; gradient-free attention methods
+    explain no class and ignore it.
     The npz holds, for each method spec exactly as given, float32 ``[num_images, H, W]`` in [0,1], images in order.
     """
     if not images:
         raise UserError("give at least one IMAGE")
+    target = parse_target(target)
     if channel_order not in CHANNEL_ORDERS:
         raise UserError(f"--channel-order must be one of {', '.join(CHANNEL_ORDERS)}, got '{channel_order}'")
     for name, stat in (("--mean", mean), ("--std", std)):
@@ -117,6 +154,17 @@ def explain_images(
     if std is not None and any(v <= 0 for v in std):
         raise UserError("--std values must be > 0")
     raw_images = [read_image(Path(p)) for p in images]  # fail on a bad file before loading the model
+    labels = None
+    if target == "gt":
+        if class_root is not None and not Path(class_root).is_dir():
+            raise UserError(f"--class-root '{class_root}' is not a folder")
+        found = [image_label(Path(p), class_root) for p in images]
+        missing = [str(p) for p, lab in zip(images, found) if lab is None]
+        if missing:
+            raise UserError(f"--target gt: no label is known for image '{missing[0]}' (labels come from an "
+                            "nXXXXXXXX_*.JPEG name or from its class folder under --class-root); "
+                            "use --target predicted or a class index")
+        labels = torch.tensor(found, dtype=torch.long)
     loaded = load_model(model, weights, img_size=img_size, student=student)
     size = int(img_size or loaded.img_size)
     specs = list(dict.fromkeys(methods)) or default_methods(loaded, all_methods)
@@ -128,14 +176,19 @@ def explain_images(
     with torch.no_grad():
         probs = loaded.module(batch).softmax(-1)
     num_classes = probs.shape[-1]
-    if target is not None and not 0 <= target < num_classes:
-        raise UserError(f"--target {target} is outside 0..{num_classes - 1} (the model has {num_classes} outputs)")
+    check_target_index(target, num_classes)
+    if labels is not None and int(labels.max()) >= num_classes:
+        raise UserError(f"--target gt: label {int(labels.max())} is outside 0..{num_classes - 1} "
+                        f"(the model has {num_classes} outputs)")
+    targets = resolve_targets(target, probs.argmax(-1), labels)
     if getattr(loaded.module, "num_classes", None) == 0:
         echo("note: the model has no classifier head; 'classes' below are feature dimensions (use --target to pick)")
     top = probs.topk(min(5, num_classes), dim=-1)
     top5 = [list(zip(i.tolist(), p.tolist())) for i, p in zip(top.indices, top.values)]
     for path, preds in zip(images, top5):
         echo(f"{Path(path).name}: " + "; ".join(f"{class_name(i, num_classes)} ({p:.3f})" for i, p in preds))
+    if any(e.takes_target for e in explainers.values()):
+        echo(f"target ({target}): explaining class " + ", ".join(str(int(t)) for t in targets))
 
     maps: dict[str, list[np.ndarray]] = {s: [] for s in specs}
     order = range(len(images))
@@ -144,8 +197,7 @@ def explain_images(
 
         order = track(order, description="explaining", transient=True, console=None)
     for i in order:
-        tgt = torch.tensor([target]) if target is not None else None
-        per = explain_many(loaded, batch[i : i + 1], list(explainers.values()), tgt)
+        per = explain_many(loaded, batch[i : i + 1], list(explainers.values()), targets[i : i + 1])
         for s in specs:
             maps[s].append(per[s][0].numpy().astype(np.float32))
     stacked = {s: np.stack(v).astype(np.float32) for s, v in maps.items()}

@@ -6,6 +6,8 @@ A study file (``experiments/studies/*.yaml``)::
     params: {supervised: deit_base_patch16_224, supervised_weights: null, limit: 1000}
     limit: ${limit}
     metrics: [ad, ai, insertion, deletion]
+    target: gt              # gt (default, the thesis protocol) | predicted | a class index
+    channel_order: rgb      # rgb | bgr_legacy (thesis bug B1)
     models:
       - {label: Supervised, model: "${supervised}", weights: "${supervised_weights}"}
     methods: [raw, raw-log, {label: "Rollout 10-12", spec: "rollout:layers=10-12"}]
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -68,6 +70,8 @@ class StudyConfig(BaseModel):
     img_size: int | None = Field(None, ge=8)
     batch_size: int = Field(16, ge=1)
     metrics: list[str] = Field(default_factory=lambda: ["ad", "ai", "insertion", "deletion"])
+    target: str | int = Field("gt", description="class the target-taking methods explain: gt | predicted | index")
+    channel_order: Literal["rgb", "bgr_legacy"] = Field("rgb", description="bgr_legacy replicates thesis bug B1")
     models: list[StudyModel] = Field(min_length=1)
     methods: list[StudyMethod] = Field(default_factory=list)
 
@@ -75,6 +79,16 @@ class StudyConfig(BaseModel):
     @classmethod
     def _methods(cls, v: Any) -> Any:
         return _method_list(v)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: Any) -> Any:
+        from mimlab.explain.base import parse_target
+
+        try:
+            return parse_target(v, option="target")
+        except UserError as err:
+            raise ValueError(str(err)) from None
 
     def pairs(self) -> list[tuple[StudyModel, StudyMethod]]:
         """Every (model, method) pair of the grid, models in file order."""
@@ -164,32 +178,107 @@ def combined_tables(
     }
 
 
-def format_study(
+ALPHA = 0.05
+
+
+def best_methods(
     results: dict[str, dict[str, dict[str, float]]], methods: list[str], higher: dict[str, bool]
+) -> dict[str, dict[str, str]]:
+    """``{metric: {model: best method}}`` (the highest or lowest finite mean)."""
+    best: dict[str, dict[str, str]] = {}
+    for metric, table in combined_tables(results, methods, higher).items():
+        best[metric] = {}
+        for model in results:
+            vals = [(table[m][model], m) for m in methods if not math.isnan(table[m][model])]
+            if vals:
+                best[metric][model] = (max if higher[metric] else min)(vals)[1]
+    return best
+
+
+def significance(
+    values: dict[str, dict[str, dict[str, list[float]]]], methods: list[str], higher: dict[str, bool]
+) -> dict[str, Any]:
+    """Each method against the best of its column, by :func:`mimlab.stats.paired_test` over the same images.
+
+    Args:
+        values: ``{model: {method: {metric: per-image values}}}`` (images in the same order for every method).
+    Returns:
+        ``{"test", "alpha", "tests": {metric: {model: {method: {"vs", "p", "significant", ...}}}}}``.
+    """
+    from mimlab.stats import PAIRED_TEST, paired_test
+
+    means = {mo: {me: {k: _nanmean(v) for k, v in row.items()} for me, row in rows.items()}
+             for mo, rows in values.items()}
+    tests: dict[str, dict[str, dict[str, Any]]] = {}
+    for metric, per_model in best_methods(means, methods, higher).items():
+        tests[metric] = {}
+        for model, best in per_model.items():
+            tests[metric][model] = {}
+            for m in methods:
+                if m == best or m not in values[model]:
+                    continue
+                res = paired_test(values[model][m][metric], values[model][best][metric])
+                res.pop("test")
+                p = res["p"]
+                tests[metric][model][m] = {"vs": best, **res,
+                                           "significant": bool(not math.isnan(p) and p < ALPHA)}
+    return {"test": PAIRED_TEST, "alpha": ALPHA, "tests": tests}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def format_study(
+    results: dict[str, dict[str, dict[str, float]]],
+    methods: list[str],
+    higher: dict[str, bool],
+    *,
+    intervals: dict[str, dict[str, dict[str, tuple[float, float]]]] | None = None,
+    significance: dict[str, Any] | None = None,
 ) -> str:
-    """Combined table text: a block per metric, rows methods, columns models, best per column starred."""
+    """Combined table text: a block per metric, rows methods, columns models, best per column starred.
+
+    With ``intervals`` each cell shows ``mean [low, high]``; with ``significance`` a method whose difference from
+    the column's best is not significant is marked ``=`` (the test is named under the table).
+    """
     blocks = []
     tables = combined_tables(results, methods, higher)
     models = list(results)
     width = max([len("method")] + [len(m) for m in methods])
-    cols = [max(9, len(m)) for m in models]
+    bests = best_methods(results, methods, higher)
+    tests = (significance or {}).get("tests", {})
     for metric, table in tables.items():
         up = higher[metric]
-        best = {}
-        for model in models:
-            vals = [(table[m][model], m) for m in methods if not math.isnan(table[m][model])]
-            if vals:
-                best[model] = (max if up else min)(vals)[1]
+        best = bests.get(metric, {})
+
+        def cell(m: str, model: str) -> str:
+            v = table[m][model]
+            if math.isnan(v):
+                return "-"
+            text = f"{v:.4f}"
+            if intervals and m in intervals.get(model, {}):
+                lo, hi = intervals[model][m][metric]
+                text += f" [{lo:.4f}, {hi:.4f}]"
+            if best.get(model) == m:
+                return text + "*"
+            test = tests.get(metric, {}).get(model, {}).get(m)
+            return text + ("=" if test is not None and not test["significant"] else " ")
+
+        cells = {m: [cell(m, model) for model in models] for m in methods}
+        cols = [max([9, len(model)] + [len(cells[m][i]) for m in methods]) for i, model in enumerate(models)]
         lines = [
             f"{metric} {'↑ higher is better' if up else '↓ lower is better'}",
             "  ".join([f"{'method':<{width}}"] + [f"{m:>{c}}" for m, c in zip(models, cols)]),
         ]
         for m in methods:
-            cells = []
-            for model, c in zip(models, cols):
-                v = table[m][model]
-                text = "-" if math.isnan(v) else f"{v:.4f}{'*' if best.get(model) == m else ' '}"
-                cells.append(f"{text:>{c}}")
-            lines.append("  ".join([f"{m:<{width}}"] + cells))
+            lines.append("  ".join([f"{m:<{width}}"] + [f"{t:>{c}}" for t, c in zip(cells[m], cols)]))
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n(* best per column)"
+    foot = "\n(* best per column"
+    if intervals:
+        foot += "; [..] 95 % percentile-bootstrap interval over images"
+    if significance:
+        foot += (f"; = not significantly different from the column's best, {significance['test']}, "
+                 f"p >= {significance['alpha']}, no multiple-comparison correction")
+    return "\n\n".join(blocks) + foot + ")"
