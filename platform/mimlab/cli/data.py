@@ -41,8 +41,12 @@ def shard(
     per_class_limit: Annotated[Optional[int], typer.Option(
         help="keep the first K images per class in sorted order (thesis 20 % ImageNet subset: 260)")] = None,
     resize: Annotated[Optional[int], typer.Option(help="resize the shorter side to PX pixels")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the random row order across shards (same seed ⇒ same shards)")
+                    ] = 0,  # = mimlab.data.imagefolder.DEFAULT_SEED (not imported: keeps CLI start-up light)
+    no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="keep the sorted class-then-file row order")
+                          ] = False,
 ) -> None:
-    """Convert an ImageFolder tree into shards; resumable (complete shards are skipped)."""
+    """Convert an ImageFolder tree into shards, rows in a seeded random order; resumable (complete shards are skipped)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mimlab.data.imagefolder import shard_imagefolder
@@ -51,7 +55,7 @@ def shard(
                   transient=True) as bar:
         task = bar.add_task("shard", total=None)
         summary = shard_imagefolder(src, out_url, shard_size=shard_size, per_class_limit=per_class_limit,
-                                    resize=resize,
+                                    resize=resize, seed=None if no_shuffle else seed,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     typer.echo(f"{summary['images']} images, {len(summary['classes'])} classes → {summary['shards']} shards in "
                f"{summary['out']} ({summary['written']} written, {summary['skipped']} already complete)")
