@@ -183,6 +183,23 @@ def sample_split(url: str | os.PathLike | None, split: str | None, n: int, *, se
         yield table.take(pa.array(inverse))  # back to the sample's random order
 
 
+def has_splits(url: str | os.PathLike | None) -> bool:
+    """Whether ``url`` is a root holding ``train/`` and ``val/`` (``None``, the embedded dataset, is one)."""
+    from mimlab.data.fs import locate
+    from mimlab.data.sources import pick_split
+
+    text, fs, path = locate(url)
+    return pick_split(fs, path, text, None, "train")[0] != path
+
+
+def split_rows(url: str | os.PathLike | None, split: str | None = None, default_split: str = "train") -> int:
+    """Rows of one split, from the shard footers."""
+    from mimlab.data.pipeline import shard_files
+
+    fs, files = shard_files(url, split, default_split)
+    return sum(c.rows for c in row_counts(fs, files))
+
+
 def batch_classes(batches: Iterable) -> float:
     """Mean number of distinct labels per batch; labels < 0 (unlabelled) are ignored, as are batches without any.
 
