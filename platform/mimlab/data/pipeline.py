@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mimlab.data.fs import list_shards, locate, to_pyarrow
+from mimlab.data.fs import list_shards, locate, remote_env, to_pyarrow
 from mimlab.data.sample import epoch_windows, read_window, row_counts
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
@@ -73,7 +73,7 @@ def read_shards(url: str | os.PathLike | None, *, split: str | None = None, colu
     fs, files = shard_files(url, split, default_split)
     ensure_ray()
     return ray.data.read_parquet(files, filesystem=to_pyarrow(fs), columns=columns,
-                                 shuffle="files" if shuffle_files else None)
+                                 shuffle="files" if shuffle_files else None, ray_remote_args=remote_env(fs))
 
 
 def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None = None, *, split: str | None = None,
@@ -152,7 +152,7 @@ def epoch_rows(url: str | os.PathLike | None, *, split: str | None = None, limit
     items = ray.data.from_items([{"window": i} for i in range(len(windows))], override_num_blocks=len(windows))
     return items.map_batches(_read_windows, batch_size=1, batch_format="pyarrow", num_cpus=_READ_CPUS, fn_kwargs=dict(
         fs=fs, counts=counts, windows=windows, key=(sample_seed, epoch), shuffle=shuffle_buffer > 0,
-        rows=rows_per_block, columns=["image", "label", "path"]))
+        rows=rows_per_block, columns=["image", "label", "path"]), **remote_env(fs))
 
 
 def _counts(fs, files: list[str]) -> list:
