@@ -56,10 +56,13 @@ def test_epochs_draw_fresh_reproducible_samples_of_the_whole_split():
 
 
 def test_shards_of_an_epoch_are_disjoint_and_cover_it():
-    full = set(_rows(epoch_windows(TEN_SORTED, 1280, seed=0, epoch=3, buffer=500)))
-    parts = [_rows(epoch_windows(TEN_SORTED, 1280, seed=0, epoch=3, buffer=500, shard=(r, 2))) for r in range(2)]
-    assert set(parts[0]).isdisjoint(parts[1]) and set(parts[0]) | set(parts[1]) == full
-    assert abs(len(parts[0]) - len(parts[1])) <= 3  # at most one row per window (3 windows)
+    full = set(_rows(epoch_windows(TEN_SORTED, 1283, seed=0, epoch=3, buffer=500)))  # 3 windows: 428, 428, 427
+    parts = [_rows(epoch_windows(TEN_SORTED, 1283, seed=0, epoch=3, buffer=500, shard=(r, 3))) for r in range(3)]
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+    assert set().union(*map(set, parts)) == full
+    assert sorted(map(len, parts)) == [427, 428, 428]  # 1283 = 3 x 427 + 2: equal to within one row
+    two = [_rows(epoch_windows(TEN_SORTED, 1280, seed=0, epoch=3, buffer=500, shard=(r, 2))) for r in range(2)]
+    assert list(map(len, two)) == [640, 640]  # lockstep DDP: every rank gets exactly steps x batch rows
 
 
 def test_zero_buffer_keeps_files_whole_and_rows_in_file_order():

@@ -80,8 +80,8 @@ def epoch_windows(counts: list[int], n: int | None, *, seed: int, epoch: int, bu
         counts: rows per file.
         n: rows this epoch (``None`` ⇒ all).
         buffer: rows per window; ``0`` ⇒ no row mixing: one window per file (in random order), rows in file order.
-        shard: ``(rank, world)`` ⇒ only this rank's rows: every window keeps the positions ``rank::world`` of its
-            shuffled order (ranks get disjoint rows, equal in number to within one per window).
+        shard: ``(rank, world)`` ⇒ only this rank's rows: ranks get disjoint rows, equal in number to within one
+            over the epoch (exactly equal when ``world`` divides ``n``).
 
     Returns:
         The windows; ``sum`` of their rows is ``min(n, total)`` (divided by ``world`` for a shard).
@@ -115,15 +115,20 @@ def epoch_windows(counts: list[int], n: int | None, *, seed: int, epoch: int, bu
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard rank {rank} outside 0..{world - 1}")
-        windows = [_shard_window(w, rank, world, _rng(seed, epoch, i)) for i, w in enumerate(windows)]
-        windows = [w for w in windows if w]
+        out, offset = [], 0
+        for i, w in enumerate(windows):
+            out.append(_shard_window(w, rank, world, offset, _rng(seed, epoch, i)))
+            offset += sum(len(rows) for _, rows in w)
+        windows = [w for w in out if w]
     return windows
 
 
-def _shard_window(window, rank: int, world: int, rng) -> list[tuple[int, np.ndarray]]:
+def _shard_window(window, rank: int, world: int, offset: int, rng) -> list[tuple[int, np.ndarray]]:
+    """This rank's rows of one window: positions ``g`` of the epoch (``offset`` + position in a random order of
+    the window) with ``g % world == rank``, so ranks differ by at most one row over the whole epoch."""
     f = np.concatenate([np.full(len(r), fi, dtype=np.int64) for fi, r in window])
     r = np.concatenate([rows for _, rows in window])
-    keep = rng.permutation(len(r))[rank::world]
+    keep = rng.permutation(len(r))[(rank - offset) % world::world]
     f, r = f[keep], r[keep]
     return [(int(fi), np.sort(r[f == fi])) for fi in dict.fromkeys(f.tolist())]
 
