@@ -43,3 +43,14 @@ def _make_imagefolder_fixture():
 @pytest.fixture(name="png_bytes")
 def _png_bytes_fixture():
     return png_bytes
+
+
+@pytest.fixture(scope="session")
+def class_sorted_shards(tmp_path_factory):
+    """10 classes x 300 tiny JPEGs sharded in sorted order (``--no-shuffle``): 10 shards of 300 rows, one class each."""
+    from mimlab.data.imagefolder import shard_imagefolder
+
+    root = tmp_path_factory.mktemp("sorted")
+    make_imagefolder(root / "src", {f"c{k}": 300 for k in range(10)}, size=4)
+    shard_imagefolder(root / "src", root / "shards", shard_size=300, seed=None)
+    return root / "shards"

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from mimlab.cli import app
 from mimlab.data.imagefolder import shard_imagefolder
 from mimlab.data.info import dataset_info
+from mimlab.data.sample import batch_classes
 from mimlab.errors import UserError
 
 
@@ -20,7 +21,7 @@ def _rows(folder) -> list[dict]:
 
 def test_per_class_limit_keeps_first_k_sorted(tmp_path, make_imagefolder):
     make_imagefolder(tmp_path / "src", {"b": 5, "a": 4, "c": 2})
-    summary = shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=3, per_class_limit=3)
+    summary = shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=3, per_class_limit=3, seed=None)
     assert summary["images"] == 8 and summary["shards"] == 3 and summary["classes"] == ["a", "b", "c"]
     assert _rows(tmp_path / "out") == [
         {"label": 0, "path": "a/img_000.jpg"}, {"label": 0, "path": "a/img_001.jpg"},
@@ -48,7 +49,7 @@ def test_non_image_file_leaves_no_complete_shard(tmp_path, make_imagefolder):
     make_imagefolder(tmp_path / "src", {"a": 2, "b": 2})
     (tmp_path / "src" / "b" / "img_001.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="img_001.jpg' is not a readable image"):
-        shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=2)
+        shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=2, seed=None)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["_plan.json", "classes.json", "part-00000.parquet"]  # shard 1 never appeared, no temp file
 
@@ -87,3 +88,60 @@ def test_info_counts_all_labels_but_samples_sizes(small_synth):
     assert info["train"]["images"] == 48 and info["train"]["per_class"] == {0: 12, 1: 12, 2: 12, 3: 12}
     assert info["train"]["sizes"] == {"32x32": 5} and info["train"]["sized"] == 5
     assert info["val"]["class_names"] == ["circle", "square", "triangle", "star"] and info["val"]["with_mask"]
+
+
+SORTED_TREE = {f"c{k}": 40 for k in range(10)}  # 10 classes x 40 images, class folders sorted c0..c9
+
+
+def _windows(labels: list[int], size: int = 64) -> list[list[int]]:
+    return [labels[i:i + size] for i in range(0, len(labels) - size + 1, size)]
+
+
+def test_shard_mixes_classes_by_default_and_no_shuffle_keeps_sorted_order(tmp_path, make_imagefolder):
+    make_imagefolder(tmp_path / "src", SORTED_TREE, size=8)
+    shard_imagefolder(tmp_path / "src", tmp_path / "mixed", shard_size=100)
+    shard_imagefolder(tmp_path / "src", tmp_path / "sorted", shard_size=100, seed=None)
+    mixed, ordered = _rows(tmp_path / "mixed"), _rows(tmp_path / "sorted")
+    assert len(list((tmp_path / "mixed").glob("part-*.parquet"))) == 4
+    # same rows, different order
+    assert sorted(map(tuple, (r.values() for r in mixed))) == sorted(map(tuple, (r.values() for r in ordered)))
+    labels = [r["label"] for r in mixed]
+    # 64 uniform draws from 10 classes hold 10 * (1 - 0.9**64) = 9.99 distinct labels on average
+    assert batch_classes(_windows(labels)) >= 8
+    assert ordered == sorted(ordered, key=lambda r: (r["label"], r["path"]))  # sorted class, then file order
+    # 64 consecutive rows of a 40-per-class sorted run span 2 or 3 classes
+    assert batch_classes(_windows([r["label"] for r in ordered])) <= 3
+
+
+def test_interrupted_then_resumed_shard_equals_uninterrupted_run(tmp_path, make_imagefolder):
+    make_imagefolder(tmp_path / "src", {"a": 9, "b": 7, "c": 5}, size=8)
+    shard_imagefolder(tmp_path / "src", tmp_path / "whole", shard_size=4, seed=3)
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        shard_imagefolder(tmp_path / "src", tmp_path / "resumed", shard_size=4, seed=3, progress=stop_after_two)
+    assert len(list((tmp_path / "resumed").glob("part-*.parquet"))) == 2
+    again = shard_imagefolder(tmp_path / "src", tmp_path / "resumed", shard_size=4, seed=3)
+    assert (again["written"], again["skipped"]) == (4, 2)
+    whole = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert whole == sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    for name in whole:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
+    with pytest.raises(UserError, match="different run"):  # another seed is another layout
+        shard_imagefolder(tmp_path / "src", tmp_path / "resumed", shard_size=4, seed=4)
+
+
+def test_cli_shard_seed_and_no_shuffle(tmp_path, make_imagefolder, cli_error):
+    make_imagefolder(tmp_path / "src", {"a": 6, "b": 6}, size=8)
+    runner = CliRunner()
+    for name, extra in (("s1", ["--seed", "1"]), ("s1b", ["--seed", "1"]), ("s2", ["--seed", "2"]),
+                        ("plain", ["--no-shuffle"])):
+        res = runner.invoke(app, ["data", "shard", str(tmp_path / "src"), str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+    order = {name: [r["path"] for r in _rows(tmp_path / name)] for name in ("s1", "s1b", "s2", "plain")}
+    assert order["s1"] == order["s1b"] != order["s2"]
+    assert order["plain"] == sorted(order["plain"])
+    cli_error(["data", "shard", str(tmp_path / "src"), str(tmp_path / "neg"), "--seed", "-1"], "--seed", ">= 0")

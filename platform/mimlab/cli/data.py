@@ -43,8 +43,13 @@ def shard(
     resize: Annotated[Optional[int], typer.Option(help="resize the shorter side to PX pixels")] = None,
     unlabeled: Annotated[bool, typer.Option(
         "--unlabeled", help="every image of a flat folder or any tree, label null (pretraining only)")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the random row order across shards (same seed ⇒ same shards)")
+                    ] = 0,  # = mimlab.data.imagefolder.DEFAULT_SEED (not imported: keeps CLI start-up light)
+    no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="keep the sorted class-then-file row order")
+                          ] = False,
 ) -> None:
-    """Convert an ImageFolder tree (or, --unlabeled, any folder of images) into shards; resumable."""
+    """Convert an ImageFolder tree (or, --unlabeled, any folder of images) into shards, rows in a seeded random
+    order; resumable (complete shards are skipped)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mimlab.data.imagefolder import shard_imagefolder
@@ -53,7 +58,7 @@ def shard(
                   transient=True) as bar:
         task = bar.add_task("shard", total=None)
         summary = shard_imagefolder(src, out_url, shard_size=shard_size, per_class_limit=per_class_limit,
-                                    resize=resize, unlabeled=unlabeled,
+                                    resize=resize, unlabeled=unlabeled, seed=None if no_shuffle else seed,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     labels = "unlabeled" if unlabeled else f"{len(summary['classes'])} classes"
     typer.echo(f"{summary['images']} images, {labels} → {summary['shards']} shards in "

@@ -156,6 +156,9 @@ class DataConfig(_Section):
     train: str | None = None                  # null = the embedded synthetic dataset
     val: str | None = None
     limit: int | None = Field(None, ge=1)
+    # rows mixed together before cropping (one read window; memory ~ rows x encoded image size, ~450 MB at
+    # ImageNet's 110 kB/JPEG); 0 = file order shuffled, rows in file order. = mimlab.data.pipeline.SHUFFLE_BUFFER
+    shuffle_buffer: int = Field(4096, ge=0)
 
 
 class PretrainConfig(_Section):

@@ -39,8 +39,69 @@ def resolve(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     except ImportError:
         package = _PACKAGES.get(scheme, f"the fsspec backend for '{scheme}'")
         raise UserError(f"URL '{text}' needs {package}, which is not installed") from None
+    if scheme in ("s3", "s3a"):
+        # A fresh instance per call (no fsspec instance cache): the endpoint and keys are read from the environment
+        # now, not from whichever instance an earlier call cached. The endpoint travels with the pickled filesystem.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        fs = _s3_class()(skip_instance_cache=True, **({"endpoint_url": endpoint} if endpoint else {}),
+                         config_kwargs={"connect_timeout": S3_CONNECT_TIMEOUT,
+                                        "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"}})
+        path = fs._strip_protocol(text)
+        _check_bucket(fs, path, text)
+        return fs, path
     fs = cls()
     return fs, fs._strip_protocol(text)
+
+
+# Bounded S3 retries: botocore's attempts per request x s3fs's retries of retryable errors. An unreachable endpoint
+# answers in seconds (2.7 s to a closed port here) instead of minutes (53 s with the library defaults).
+S3_CONNECT_TIMEOUT = 5
+S3_ATTEMPTS = 3
+_S3_RETRIES = 2
+_CHECKED: set[tuple] = set()
+
+
+def _s3_class():
+    """``s3fs.S3FileSystem`` with bounded retries, importable by name in Ray workers (see ``__getattr__``)."""
+    if "_BoundedS3" not in globals():
+        import s3fs
+
+        cls = type("_BoundedS3", (s3fs.S3FileSystem,), {"retries": _S3_RETRIES, "__module__": __name__})
+        globals()["_BoundedS3"] = cls
+    return globals()["_BoundedS3"]
+
+
+def __getattr__(name: str):
+    if name == "_BoundedS3":  # unpickling an S3 filesystem in a fresh process
+        return _s3_class()
+    raise AttributeError(name)
+
+
+def _check_bucket(fs, path: str, url: str) -> None:
+    """Probe the bucket once per process, endpoint and credentials, so a wrong endpoint, bucket or key fails at once
+    with the URL named (and a write never creates a bucket by accident).
+
+    Raises:
+        UserError: unreachable endpoint, missing bucket, or credentials refused.
+    """
+    from botocore.exceptions import BotoCoreError
+
+    bucket = path.split("/", 1)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the AWS default endpoint"
+    key = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"), bucket)
+    if key in _CHECKED:
+        return
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise UserError(f"S3 bucket '{bucket}' of '{url}' does not exist at {endpoint}; create it first") from None
+    except PermissionError as err:
+        raise UserError(f"access to '{url}' refused at {endpoint} ({err}); check AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
+    except (BotoCoreError, OSError) as err:
+        raise UserError(f"cannot reach the S3 endpoint {endpoint} for '{url}' ({err}); check AWS_ENDPOINT_URL"
+                        ) from None
+    _CHECKED.add(key)
 
 
 def locate(url: str | os.PathLike | None) -> tuple[str, fsspec.AbstractFileSystem, str]:
@@ -61,6 +122,17 @@ def locate(url: str | os.PathLike | None) -> tuple[str, fsspec.AbstractFileSyste
     if not fs.exists(path):
         raise UserError(f"no such file or folder: '{text}'")
     return text, fs, path
+
+
+def remote_env(fs: fsspec.AbstractFileSystem) -> dict:
+    """Ray remote args that hand this process's ``AWS_*`` variables to the tasks reading through ``fs`` (an S3
+    filesystem): a Ray runtime started before they were set, or on another node, then still reaches the same endpoint
+    with the same credentials. ``{}`` for other filesystems."""
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if not {"s3", "s3a"} & set(protocol):
+        return {}
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def to_pyarrow(fs: fsspec.AbstractFileSystem) -> Any:

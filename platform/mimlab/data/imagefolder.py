@@ -1,17 +1,22 @@
 """ImageFolder (or flat ImageNet-val folder) → shards at any fsspec URL; resumable, every shard atomic.
 
-The plan (item order, shard size, options) is fixed by the sorted file listing and stored in ``_plan.json``;
-a re-run with the same plan skips shards that already exist (they only appear once complete), and a re-run with a
-different plan is refused instead of mixing two layouts.
+The plan (item order, shard size, options) is fixed by the sorted file listing and the shuffle seed, and stored
+in ``_plan.json``; a re-run with the same plan skips shards that already exist (they only appear once complete) and
+writes byte-identical shards, and a re-run with a different plan is refused instead of mixing two layouts.
+
+Rows are written in a seeded random order across all shards (``seed``), so a class-sorted tree gives shards whose
+consecutive rows mix classes; ``seed=None`` keeps the sorted class-then-file order.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mimlab.data.fs import join, read_json, resolve, write_json
@@ -22,11 +27,13 @@ from mimlab.data.sources import flat_val_items, imagefolder_items, is_image_file
 from mimlab.errors import UserError
 
 PLAN_FILE = "_plan.json"
+DEFAULT_SEED = 0
 
 
 def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
                       per_class_limit: int | None = None, resize: int | None = None,
-                      progress: Callable[[int, int], None] | None = None, unlabeled: bool = False) -> dict:
+                      seed: int | None = DEFAULT_SEED, progress: Callable[[int, int], None] | None = None,
+                      unlabeled: bool = False) -> dict:
     """Write an ImageFolder tree as shards (or, with ``unlabeled``, every image of any tree, label null).
 
     Args:
@@ -35,6 +42,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         shard_size: images per shard.
         per_class_limit: keep the first K images per class in sorted order (ImageFolder only).
         resize: resize the shorter side to this many pixels (bicubic, re-encoded as JPEG q95, PNG stays PNG).
+        seed: rows go to the shards in the order of a permutation drawn from this seed (the same seed and listing
+            ⇒ the same shards, byte for byte); ``None`` ⇒ sorted class-then-file order.
         progress: called as ``progress(done_images, total_images)`` after each shard (written or skipped).
         unlabeled: take every image file under ``src`` (a flat folder or any tree, sorted by path) with a null
             ``label`` (pretraining data; k-NN and linear probing refuse it).
@@ -51,6 +60,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         raise UserError(f"--per-class-limit must be >= 1, got {per_class_limit}")
     if resize is not None and resize < 1:
         raise UserError(f"--resize must be >= 1, got {resize}")
+    if seed is not None and seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     src_text, out_text = os.fspath(src), os.fspath(out)
     src_fs, src_path = resolve(src_text)
     if not src_fs.exists(src_path) or not src_fs.isdir(src_path):
@@ -70,10 +81,17 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         classes = sorted({os.path.basename(p).split("_", 1)[0] for p, _ in items})
     out_fs, out_path = resolve(out_text)
     out_fs.makedirs(out_path, exist_ok=True)
+    relpaths = [os.path.relpath(p, src_path) for p, _ in items]
     plan = {"images": len(items), "shard_size": shard_size, "per_class_limit": per_class_limit, "resize": resize,
-            "classes": len(classes), "first": os.path.relpath(items[0][0], src_path),
-            "last": os.path.relpath(items[-1][0], src_path), **({"unlabeled": True} if unlabeled else {})}
+            "classes": len(classes), "first": relpaths[0], "last": relpaths[-1], "seed": seed,
+            "listing_crc32": zlib.crc32("\n".join(relpaths).encode()), **({"unlabeled": True} if unlabeled else {})}
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(items))
+        items = [items[i] for i in order]
     old = read_json(out_fs, join(out_fs, out_path, PLAN_FILE))
+    if old is not None:
+        old.setdefault("seed", None)  # plans written before shuffling existed were sorted
+        old.setdefault("listing_crc32", plan["listing_crc32"])
     if old is not None and old != plan:
         raise UserError(f"'{out_text}' holds shards from a different run ({PLAN_FILE} differs); "
                         "use an empty output folder or the same options")

@@ -1,5 +1,8 @@
 """Ray Data pipelines over shards: read, decode, and draw iBOT multi-crops or eval crops in ``map_batches``.
 
+Training epochs are fresh random samples of the whole split with rows mixed across shards (:func:`multicrop_dataset`,
+planned in :mod:`mimlab.data.sample`).
+
 Nothing is materialised after the random ops, so every pass over :func:`multicrop_dataset` draws new crops.
 Undecodable images are dropped from the batch, counted in a small named Ray actor (:func:`skipped_images`) and
 logged as a warning by the worker that met them (forwarded to the driver's log).
@@ -15,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mimlab.data.fs import list_shards, locate, to_pyarrow
+from mimlab.data.fs import list_shards, locate, remote_env, to_pyarrow
+from mimlab.data.sample import epoch_windows, read_window, row_counts
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
 from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
@@ -25,6 +29,9 @@ from mimlab.errors import UserError
 log = logging.getLogger("mimlab.data")
 _COUNTER_NAME = "mimlab-data-skips"
 _COUNTER_NAMESPACE = "mimlab"
+_READ_CPUS = 0.5  # the read stage's CPUs: differs from the crop stage's so that Ray Data does not fuse them
+SHUFFLE_BUFFER = 4096  # default rows per mixing window (``data.shuffle_buffer``)
+_COUNTS: dict[tuple, list] = {}
 
 
 def shard_files(url: str | os.PathLike | None, split: str | None = None, default_split: str = "train",
@@ -66,13 +73,22 @@ def read_shards(url: str | os.PathLike | None, *, split: str | None = None, colu
     fs, files = shard_files(url, split, default_split)
     ensure_ray()
     return ray.data.read_parquet(files, filesystem=to_pyarrow(fs), columns=columns,
-                                 shuffle="files" if shuffle_files else None)
+                                 shuffle="files" if shuffle_files else None, ray_remote_args=remote_env(fs))
 
 
 def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None = None, *, split: str | None = None,
                       seed: int | None = None, batch_size: int = 64, workers: int | None = None,
-                      shuffle_files: bool = True, tag: str | None = None, limit: int | None = None):
-    """Shards → iBOT multi-crop views, streamed.
+                      tag: str | None = None, limit: int | None = None, epoch: int = 0, sample_seed: int = 0,
+                      shuffle_buffer: int = SHUFFLE_BUFFER, shard: tuple[int, int] | None = None):
+    """One epoch of shards → iBOT multi-crop views, streamed: a fresh random sample of the whole split, rows mixed.
+
+    The epoch's rows are drawn on the driver from the shard footers (:func:`mimlab.data.sample.epoch_windows`):
+    ``limit`` rows uniformly without replacement from the whole split, seeded by ``(sample_seed, epoch)``, in
+    windows of about ``shuffle_buffer`` rows that each mix rows of many shards. A read task reads one window (only
+    the Parquet row groups holding its rows) and emits it in random order; the crop stage then decodes and crops
+    only those rows. Call it once per epoch with that epoch's number: ``multicrop_dataset(url, cfg, limit=steps *
+    global_batch, epoch=e, sample_seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer)``; the same
+    arguments give the same rows (the crops stay random unless ``seed`` is set).
 
     Args:
         url: see :func:`read_shards` (a root with splits defaults to ``train/``).
@@ -82,22 +98,79 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
         batch_size: rows per ``map_batches`` call.
         workers: size of a fixed actor pool for the crop stage (``ActorPoolStrategy``); ``None`` ⇒ Ray tasks.
         tag: name under which skipped images are counted (default: a fresh id, stored as ``ds.skip_tag``).
-        limit: keep only the first ``limit`` rows of the (file-shuffled) read, *before* cropping. A ``.limit()``
-            after the crop stage still crops whole read blocks: 256 of 4,000 images took 5.8–7.6 s that way
-            against 1.4–1.6 s limited first (2-core CPU).
+        limit: rows this epoch (``None`` ⇒ every row of the split once, in mixed order).
+        epoch: epoch number; with ``sample_seed`` it fixes which rows are drawn and their order.
+        sample_seed: seed of the row sample (the run's ``train.seed``).
+        shuffle_buffer: rows mixed together before cropping (``data.shuffle_buffer``); ``0`` ⇒ file order shuffled,
+            rows in file order (no mixing).
+        shard: ``(rank, world)`` ⇒ this worker's disjoint part of the epoch's rows (``limit`` counts all ranks).
 
     Returns:
         ``ray.data.Dataset`` with columns ``global_0..``, ``local_0..`` (``uint8 [S,S,3]``) and ``label``.
+
+    Raises:
+        UserError: missing path / split, no shards, a bad shard, ``limit`` < 1, ``shuffle_buffer`` < 0.
     """
     cfg = cfg or MultiCropConfig()
     tag = tag or f"multicrop-{uuid.uuid4().hex[:8]}"
-    ds = read_shards(url, split=split, columns=["image", "label", "path"], shuffle_files=shuffle_files)
-    if limit is not None:
-        ds = ds.limit(limit)
+    ds = epoch_rows(url, split=split, limit=limit, epoch=epoch, sample_seed=sample_seed,
+                    shuffle_buffer=shuffle_buffer, shard=shard, rows_per_block=batch_size)
     row_bytes = 3 * (cfg.global_crops * cfg.global_size ** 2 + cfg.local_crops * cfg.local_size ** 2)
     out = _map(ds, _MultiCropBatch, dict(cfg=cfg, seed=seed, tag=tag), batch_size, workers, row_bytes)
     out.skip_tag = tag
     return out
+
+
+def epoch_rows(url: str | os.PathLike | None, *, split: str | None = None, limit: int | None = None, epoch: int = 0,
+               sample_seed: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER, shard: tuple[int, int] | None = None,
+               rows_per_block: int = 64):
+    """The rows of one epoch, undecoded: ``ray.data.Dataset`` of ``image`` bytes, ``label``, ``path``.
+
+    Arguments as in :func:`multicrop_dataset` (which crops these rows). Each window of the epoch's plan is one read
+    task, which reads only the row groups holding its rows, shuffles them and yields ``rows_per_block``-row tables.
+    The read stage asks for ``0.5`` CPU, unlike the crop stage, so that Ray Data does not fuse the two: one window's
+    rows are then cropped by several tasks in parallel.
+
+    Raises:
+        UserError: missing path / split, no shards, a bad shard, ``limit`` < 1, ``shuffle_buffer`` < 0.
+    """
+    import ray
+
+    from mimlab.runtime.ray_env import ensure_ray
+
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be >= 1 rows, got {limit}")
+    if shuffle_buffer < 0:
+        raise UserError(f"shuffle_buffer must be >= 0 rows, got {shuffle_buffer}")
+    fs, files = shard_files(url, split, "train")
+    counts = _counts(fs, files)
+    windows = epoch_windows([c.rows for c in counts], limit, seed=sample_seed, epoch=epoch, buffer=shuffle_buffer,
+                            shard=shard)
+    if not windows:
+        raise UserError(f"'{url}' holds no rows (empty dataset)")
+    ensure_ray()
+    items = ray.data.from_items([{"window": i} for i in range(len(windows))], override_num_blocks=len(windows))
+    return items.map_batches(_read_windows, batch_size=1, batch_format="pyarrow", num_cpus=_READ_CPUS, fn_kwargs=dict(
+        fs=fs, counts=counts, windows=windows, key=(sample_seed, epoch), shuffle=shuffle_buffer > 0,
+        rows=rows_per_block, columns=["image", "label", "path"]), **remote_env(fs))
+
+
+def _counts(fs, files: list[str]) -> list:
+    """Footer row counts, cached per process (a run rebuilds its stream every epoch from the same files)."""
+    key = (type(fs).__name__, tuple(files))
+    if key not in _COUNTS:
+        _COUNTS[key] = row_counts(fs, files)
+    return _COUNTS[key]
+
+
+def _read_windows(batch, *, fs, counts, windows, key: tuple[int, int], shuffle: bool, rows: int,
+                  columns: list[str]):
+    """Read each window named in ``batch`` and yield its (shuffled) rows in tables of ``rows`` rows."""
+    for w in batch.column("window").to_pylist():
+        rng = np.random.default_rng([k % (1 << 32) for k in (*key, w, 1)]) if shuffle else None
+        table = read_window(fs, counts, windows[w], columns, rng)
+        for start in range(0, table.num_rows, rows):
+            yield table.slice(start, rows)
 
 
 def eval_dataset(url: str | os.PathLike | None, size: int, *, split: str | None = None, batch_size: int = 64,
