@@ -47,13 +47,15 @@ def crops_from_columns(columns: dict[str, Any], num_global: int, num_local: int,
                        device: torch.device | str = "cpu") -> Crops:
     """Stack ``global_i`` / ``local_i`` uint8 ``[B,S,S,3]`` columns (Ray Data or local loader) into :class:`Crops`.
 
-    uint8 is moved to the device first and normalised there (4x less traffic than float).
+    uint8 is moved to the device first and normalised there (4x less traffic than float). When the crop stage
+    deferred the colour augmentations (``crops.device: gpu``: ``<name>_params`` columns), they run here, batched,
+    on ``device``.
     """
-    from mimlab.data.transforms import normalise
+    from mimlab.data.transforms import apply_deferred, standardise
 
     def stack(prefix: str, n: int) -> Tensor:
-        parts = [torch.as_tensor(columns[f"{prefix}_{i}"]).to(device, non_blocking=True) for i in range(n)]
-        return normalise(torch.cat(parts, 0), mean, std)  # G x [B,S,S,3] -> [G*B,3,S,S]
+        parts = [apply_deferred(columns, f"{prefix}_{i}", device) for i in range(n)]  # n x [B,3,S,S] in [0,255]
+        return standardise(torch.cat(parts, 0), mean, std)  # G x [B,3,S,S] -> [G*B,3,S,S]
 
     g = stack("global", num_global)
     local = stack("local", num_local) if num_local > 0 else None
