@@ -8,6 +8,11 @@ GPU (``--gpu``): ViT-S/16 at 224 px with 2x224 + 6x96 crops, bf16 autocast: imag
 (FLOPs of one step counted by ``torch.utils.flop_counter``; peak given by ``--peak-tflops``, H100/H200 bf16 dense 989).
 
     .venv/bin/python bench/pretrain.py [--steps 6] [--rounds 8] [--ray-steps 12] [--skip-masking] [--skip-ray] [--gpu]
+
+Step rate (``--step-rate [--baseline-rev e444b57] [--rounds R] [--steps S] [--strategy SPEC]``): this tree's
+training step beside the baseline commit's, at the issue-19 dimensions (12 blocks, width 64, 4 heads, patch 4,
+2x32 + 4x16 px, batch 64, head 2048 -> 256 -> 1024, fp32, CPU), each in a child process importing its own tree
+(the baseline from a temporary git worktree), alternating S steps per round; medians, quartiles and the ratio.
 """
 
 from __future__ import annotations
@@ -206,6 +211,104 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
           f"overhead {100 * (plain_epoch / ray_epoch - 1):+6.1f} %")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Step rate of this tree against a baseline commit (issue dimensions), interleaved in one run
+# ---------------------------------------------------------------------------------------------------------------
+
+STEP_RATE_TREE = {
+    "model": {"timm_name": "vit_tiny_patch16_224", "drop_path": 0.0,
+              "kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 12, "num_heads": 4}},
+    "head": {"out_dim": 1024, "hidden_dim": 2048, "bottleneck_dim": 256},
+    "crops": {"global_crops": 2, "global_size": 32, "local_crops": 4, "local_size": 16},
+    "optim": {"batch_size_per_worker": 64, "warmup_epochs": 1, "epochs": 2, "precision": "fp32"},
+    "loss": {"warmup_teacher_temp_epochs": 1},
+    "eval": {"knn_every": 0, "probe_images": 0},
+}
+"""12 blocks, width 64, 4 heads, patch 4, 2x32 + 4x16 px crops, batch 64, head 2048 -> 256 -> 1024, fp32, CPU."""
+
+
+def step_worker(strategy: str) -> int:
+    """Child process: build the step at :data:`STEP_RATE_TREE` from whichever ``mimlab`` PYTHONPATH names, then
+    answer each ``N`` read on stdin with the images/s of N timed steps (one line, space-separated)."""
+    import copy
+
+    import mimlab
+    from mimlab.config.pretrain import load_pretrain_config
+    from mimlab.pretrain.build import build_parts
+    from mimlab.pretrain.engine import Crops, train_step
+    from mimlab.pretrain.schedules import Schedules
+
+    tree = copy.deepcopy(STEP_RATE_TREE)
+    tree["masking"] = {"strategy": strategy}
+    cfg = load_pretrain_config(tree, [])
+    parts = build_parts(cfg)
+    sched = Schedules.from_config(cfg, 100, 1)
+    g = torch.Generator().manual_seed(0)
+    crops = Crops(torch.randn(128, 3, 32, 32, generator=g), torch.randn(256, 3, 16, 16, generator=g), 64)
+    train_step(parts, crops, 1, sched.at(1, 0))  # warm-up
+    print(f"ready {mimlab.__file__}", flush=True)
+    i = 1
+    for line in sys.stdin:
+        rates = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            train_step(parts, crops, 1, sched.at(1, i % 100))
+            rates.append(64 / (time.perf_counter() - t))
+            i += 1
+        print(" ".join(f"{r:.4f}" for r in rates), flush=True)
+    return 0
+
+
+def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str) -> None:
+    """This tree's step beside ``baseline_rev``'s, each in its own process (a git worktree of the baseline made
+    here and removed after), alternating ``steps`` timed steps per round so machine load hits both alike."""
+    import shutil
+    import subprocess
+
+    repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+    base = tempfile.mkdtemp(prefix="bench-baseline-")
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", base, baseline_rev], cwd=repo, check=True,
+                   capture_output=True)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for label, platform in (("this tree", os.path.join(repo, "platform")),
+                                (f"baseline {baseline_rev}", os.path.join(base, "platform"))):
+            env = {**os.environ, "PYTHONPATH": platform}
+            procs[label] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--step-worker", strategy],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                            cwd=base)
+        for label, proc in procs.items():
+            ready = proc.stdout.readline().strip()
+            if not ready.startswith("ready"):
+                raise SystemExit(f"step worker '{label}' failed to start")
+            print(f"{label:24s} imports {ready.split(' ', 1)[1]}", flush=True)
+        rates: dict[str, list[float]] = {label: [] for label in procs}
+        for r in range(rounds):
+            order = list(procs) if r % 2 == 0 else list(procs)[::-1]  # alternate who goes first
+            for label in order:
+                procs[label].stdin.write(f"{steps}\n")
+                procs[label].stdin.flush()
+                rates[label] += [float(v) for v in procs[label].stdout.readline().split()]
+        print(f"\n== step rate at the issue dimensions ({strategy}; 12 blocks, width 64, 2x32+4x16 px, batch 64, "
+              f"head 2048->256->1024, fp32, CPU, {torch.get_num_threads()} threads), {rounds} rounds x {steps} "
+              f"steps, interleaved ==")
+        meds = {}
+        for label, v in rates.items():
+            meds[label] = statistics.median(v)
+            q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+            print(f"{label:24s} median {meds[label]:8.2f} img/s   (quartiles {q[0]:.2f}-{q[2]:.2f}, "
+                  f"min-max {min(v):.2f}-{max(v):.2f}, n={len(v)})")
+        this, ref = meds["this tree"], meds[f"baseline {baseline_rev}"]
+        print(f"ratio this tree / baseline {baseline_rev} (medians): {this / ref:.3f}x  (target >= 1.25x)")
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        subprocess.run(["git", "worktree", "remove", "--force", base], cwd=repo, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -216,7 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--step-rate", action="store_true",
+                        help="only the step rate of this tree beside --baseline-rev at the issue dimensions")
+    parser.add_argument("--baseline-rev", default="e444b57")
+    parser.add_argument("--strategy", default="attmask-raw:layer=12", help="masking strategy of --step-rate")
+    parser.add_argument("--step-worker", metavar="STRATEGY", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.step_worker:
+        return step_worker(args.step_worker)
+    if args.step_rate:
+        step_rate(args.baseline_rev, args.rounds, args.steps, args.strategy)
+        return 0
     for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
         os.environ.setdefault(key, value)

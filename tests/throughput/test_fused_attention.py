@@ -127,3 +127,24 @@ def test_training_step_runs_explicit_only_in_the_teacher_blocks_masking_reads(st
     _step_outputs(parts, crops)
     assert seen["teacher"] == [l not in explicit for l in range(DEPTH)]  # one teacher forward
     assert seen["student"] == [True] * (2 * DEPTH)  # global and local forwards, all fused
+
+
+@pytest.mark.parametrize("name", ["block", "attmask-raw"])
+def test_teacher_logits_only_where_read_give_the_full_loss_and_centre(name):
+    """The teacher's last layer at the masked rows and on the patch mean equals the full [G*B,Np,K] path."""
+    cfg = _cfg(EXAMPLES[name])
+    full, lean = build_parts(cfg), build_parts(cfg)
+    crops = Crops(torch.randn(12, 3, 16, 16), torch.randn(12, 3, 8, 8), 6)
+    t_full, masks_full, _ = teacher_and_masks(full, crops, all_patches=True)
+    t_lean, masks_lean, _ = teacher_and_masks(lean, crops, all_patches=False)
+    assert torch.equal(masks_full, masks_lean) and masks_full.any()
+    assert t_lean["patch"].shape == (int(masks_full.sum()), 64) and t_lean["patch_mean"].shape == (12, 64)
+    torch.testing.assert_close(t_lean["patch"], t_full["patch"][masks_full])
+    s_out = full.student(crops.global_crops, crops.local_crops, masks_full)
+    ref = full.loss(s_out["cls"], s_out["patch"], t_full["cls"], t_full["patch"], masks_full, 0.04, 0.04)
+    got = full.loss(s_out["cls"], s_out["patch"], t_lean["cls"], t_lean["patch"], masks_full, 0.04, 0.04)
+    torch.testing.assert_close(got["loss"], ref["loss"])
+    full.loss.update_center(t_full["cls"], t_full["patch"])
+    lean.loss.update_center(t_lean["cls"], t_lean["patch_mean"])
+    torch.testing.assert_close(lean.loss.center2, full.loss.center2, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lean.loss.center, full.loss.center)

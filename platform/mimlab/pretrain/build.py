@@ -99,7 +99,7 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
                             contrastive=cfg.contrastive is not None)
     loss = IBOTLoss(h.out_dim, cfg.crops.global_crops, cfg.loss.student_temp, cfg.loss.lambda1, cfg.loss.lambda2,
                     cfg.loss.center_momentum).to(device)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    optimizer = torch.optim.AdamW(param_groups(student), fused=True)  # one kernel per parameter, same update
     amp_dtype, use_scaler = resolve_precision(cfg.optim.precision, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     ema = TeacherEMA([(student.encoder.backbone, teacher), (student.head, teacher_head)])
