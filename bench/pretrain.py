@@ -309,6 +309,33 @@ def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str) -> None
         shutil.rmtree(base, ignore_errors=True)
 
 
+def gpu_attention(steps: int, rounds: int, batch: int, peak_tflops: float, strategy: str) -> None:
+    """ViT-S/16 (224 px, 2x224 + 6x96, bf16) step: fused attention where nothing reads it (this tree's default)
+    against every block explicit, interleaved; images/s and MFU (FLOPs counted once per variant)."""
+    from mimlab.models.vit import set_fused_attention
+
+    runners = {"fused where unread": _Runner(strategy, batch=batch, gpu=True, steps=steps),
+               "all explicit": _Runner(strategy, batch=batch, gpu=True, steps=steps)}
+    for model in (runners["all explicit"].parts.teacher, runners["all explicit"].parts.student):
+        set_fused_attention(model, False)
+    for runner in runners.values():
+        for i in range(2):
+            runner.step(i, timed=False)
+        runner.count_flops()
+    for _ in range(rounds):
+        for runner in runners.values():
+            for i in range(steps):
+                runner.step(i)
+    print(f"\n== ViT-S/16 step ({strategy}), batch {batch}, bf16, median of {rounds}x{steps} interleaved steps ==")
+    ref = statistics.median(runners["all explicit"].rates)
+    for label, runner in runners.items():
+        med = statistics.median(runner.rates)
+        tflops = runner.flops / batch * med / 1e12
+        print(f"attention {label:20s} {med:9.1f} img/s   vs all explicit {med / ref:6.3f}x   "
+              f"(min-max {min(runner.rates):.1f}-{max(runner.rates):.1f})   {tflops:7.1f} TFLOP/s   "
+              f"MFU {100 * tflops / peak_tflops:5.1f} % (peak {peak_tflops:.0f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -324,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rev", default="e444b57")
     parser.add_argument("--strategy", default="attmask-raw:layer=12", help="masking strategy of --step-rate")
     parser.add_argument("--step-worker", metavar="STRATEGY", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-attention", action="store_true",
+                        help="only the ViT-S/16 GPU step with fused vs all-explicit attention (needs CUDA)")
     args = parser.parse_args(argv)
     if args.step_worker:
         return step_worker(args.step_worker)
@@ -337,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         print("--gpu given but no CUDA device is visible", file=sys.stderr)
         return 2
     batch = args.batch or (64 if args.gpu else 64)
+    if args.gpu_attention:
+        if not torch.cuda.is_available():
+            print("--gpu-attention given but no CUDA device is visible", file=sys.stderr)
+            return 2
+        gpu_attention(args.steps, args.rounds, batch, args.peak_tflops, args.strategy)
+        return 0
     if not args.skip_masking:
         masking_table(args.steps, batch, args.gpu, args.peak_tflops, args.rounds)
     if not args.gpu and not args.skip_ray:
