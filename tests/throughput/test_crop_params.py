@@ -127,3 +127,15 @@ def test_draft_decoding_keeps_every_crop_at_least_its_output_size():
     assert d == draft_scale(cfg, 512, 512) and d > 1 and big.mode == "RGB"
     smallest = math.sqrt(0.05 * big.width * big.height * 0.75)  # local crop: minimum scale, extreme ratio
     assert smallest >= 16
+
+
+def test_crops_device_is_validated_and_reaches_the_crop_settings():
+    from mimlab.config.pretrain import load_pretrain_config
+    from mimlab.errors import UserError
+    from mimlab.pretrain.data_local import multicrop_config
+
+    cfg = load_pretrain_config({}, ["crops.device=gpu"])
+    assert multicrop_config(cfg).device == "gpu" and MultiCrop(multicrop_config(cfg)).defer
+    assert load_pretrain_config({}, []).crops.device == "cpu"
+    with pytest.raises(UserError, match="crops.device"):
+        load_pretrain_config({}, ["crops.device=tpu"])
