@@ -112,6 +112,9 @@ def main() -> None:
     print(f"data: {args.data} ({len(files)} shard file(s)); crops: 2×{cfg.global_size}px + "
           f"{cfg.local_crops}×{cfg.local_size}px; workers: {args.workers}; batch {args.batch}; "
           f"epochs {args.epochs}", flush=True)
+    from mimlab.runtime.ray_env import ensure_ray
+
+    ensure_ray(num_cpus=args.workers)  # before any timing (and before the DataLoader forks its workers)
     # epochs alternate (DataLoader, Ray, DataLoader, ...) so that a drifting machine load hits both alike
     loaders = {"dl": bench_dataloader(files, cfg, args.workers, args.batch),
                "ray": bench_ray(files, cfg, args.workers, args.batch)}

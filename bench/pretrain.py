@@ -227,9 +227,11 @@ STEP_RATE_TREE = {
 """12 blocks, width 64, 4 heads, patch 4, 2x32 + 4x16 px crops, batch 64, head 2048 -> 256 -> 1024, fp32, CPU."""
 
 
-def step_worker(strategy: str) -> int:
+def step_worker(strategy: str, threads: int | None) -> int:
     """Child process: build the step at :data:`STEP_RATE_TREE` from whichever ``mimlab`` PYTHONPATH names, then
-    answer each ``N`` read on stdin with the images/s of N timed steps (one line, space-separated)."""
+    answer each ``N`` read on stdin with N timed steps, one line of ``wall_img_per_s/cpu_img_per_s`` pairs (images
+    per second of wall time, and per second of this process's CPU time: the latter barely moves when other jobs
+    share the cores, as long as the step is compute-bound and ``threads`` is 1)."""
     import copy
 
     import mimlab
@@ -238,6 +240,8 @@ def step_worker(strategy: str) -> int:
     from mimlab.pretrain.engine import Crops, train_step
     from mimlab.pretrain.schedules import Schedules
 
+    if threads:
+        torch.set_num_threads(threads)
     tree = copy.deepcopy(STEP_RATE_TREE)
     tree["masking"] = {"strategy": strategy}
     cfg = load_pretrain_config(tree, [])
@@ -251,15 +255,15 @@ def step_worker(strategy: str) -> int:
     for line in sys.stdin:
         rates = []
         for _ in range(int(line)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             train_step(parts, crops, 1, sched.at(1, i % 100))
-            rates.append(64 / (time.perf_counter() - t))
+            rates.append(f"{64 / (time.perf_counter() - t):.4f}/{64 / max(time.process_time() - c, 1e-9):.4f}")
             i += 1
-        print(" ".join(f"{r:.4f}" for r in rates), flush=True)
+        print(" ".join(rates), flush=True)
     return 0
 
 
-def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str) -> None:
+def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str, threads: int | None = None) -> None:
     """This tree's step beside ``baseline_rev``'s, each in its own process (a git worktree of the baseline made
     here and removed after), alternating ``steps`` timed steps per round so machine load hits both alike."""
     import shutil
@@ -275,7 +279,8 @@ def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str) -> None
         for label, platform in (("this tree", os.path.join(repo, "platform")),
                                 (f"baseline {baseline_rev}", os.path.join(base, "platform"))):
             env = {**os.environ, "PYTHONPATH": platform}
-            procs[label] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--step-worker", strategy],
+            cmd = [sys.executable, os.path.abspath(__file__), "--step-worker", strategy]
+            procs[label] = subprocess.Popen(cmd + (["--threads", str(threads)] if threads else []),
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                             cwd=base)
         for label, proc in procs.items():
@@ -283,24 +288,30 @@ def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str) -> None
             if not ready.startswith("ready"):
                 raise SystemExit(f"step worker '{label}' failed to start")
             print(f"{label:24s} imports {ready.split(' ', 1)[1]}", flush=True)
-        rates: dict[str, list[float]] = {label: [] for label in procs}
+        rates: dict[str, dict[str, list[float]]] = {label: {"wall": [], "cpu": []} for label in procs}
         for r in range(rounds):
             order = list(procs) if r % 2 == 0 else list(procs)[::-1]  # alternate who goes first
             for label in order:
                 procs[label].stdin.write(f"{steps}\n")
                 procs[label].stdin.flush()
-                rates[label] += [float(v) for v in procs[label].stdout.readline().split()]
+                for pair in procs[label].stdout.readline().split():
+                    wall, cpu = pair.split("/")
+                    rates[label]["wall"].append(float(wall))
+                    rates[label]["cpu"].append(float(cpu))
         print(f"\n== step rate at the issue dimensions ({strategy}; 12 blocks, width 64, 2x32+4x16 px, batch 64, "
-              f"head 2048->256->1024, fp32, CPU, {torch.get_num_threads()} threads), {rounds} rounds x {steps} "
-              f"steps, interleaved ==")
-        meds = {}
-        for label, v in rates.items():
-            meds[label] = statistics.median(v)
-            q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
-            print(f"{label:24s} median {meds[label]:8.2f} img/s   (quartiles {q[0]:.2f}-{q[2]:.2f}, "
-                  f"min-max {min(v):.2f}-{max(v):.2f}, n={len(v)})")
-        this, ref = meds["this tree"], meds[f"baseline {baseline_rev}"]
-        print(f"ratio this tree / baseline {baseline_rev} (medians): {this / ref:.3f}x  (target >= 1.25x)")
+              f"head 2048->256->1024, fp32, CPU, {threads or torch.get_num_threads()} threads), {rounds} rounds x "
+              f"{steps} steps, interleaved ==")
+        base_label = f"baseline {baseline_rev}"
+        for kind, unit in (("wall", "img/s (wall clock)"), ("cpu", "img per CPU-second")):
+            meds = {}
+            for label, by_kind in rates.items():
+                v = by_kind[kind]
+                meds[label] = statistics.median(v)
+                q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+                print(f"{label:24s} median {meds[label]:8.2f} {unit}   (quartiles {q[0]:.2f}-{q[2]:.2f}, "
+                      f"min-max {min(v):.2f}-{max(v):.2f}, n={len(v)})")
+            print(f"ratio this tree / {base_label} ({kind}, medians): {meds['this tree'] / meds[base_label]:.3f}x"
+                  "  (target >= 1.25x)")
     finally:
         for proc in procs.values():
             proc.stdin.close()
@@ -351,13 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rev", default="e444b57")
     parser.add_argument("--strategy", default="attmask-raw:layer=12", help="masking strategy of --step-rate")
     parser.add_argument("--step-worker", metavar="STRATEGY", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each --step-rate process")
     parser.add_argument("--gpu-attention", action="store_true",
                         help="only the ViT-S/16 GPU step with fused vs all-explicit attention (needs CUDA)")
     args = parser.parse_args(argv)
     if args.step_worker:
-        return step_worker(args.step_worker)
+        return step_worker(args.step_worker, args.threads)
     if args.step_rate:
-        step_rate(args.baseline_rev, args.rounds, args.steps, args.strategy)
+        step_rate(args.baseline_rev, args.rounds, args.steps, args.strategy, args.threads)
         return 0
     for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
