@@ -18,12 +18,15 @@ if [ -z "$PY" ]; then
 fi
 export PYTHONPATH="$ROOT/platform${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true HF_HUB_OFFLINE=1
-"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" >/dev/null 2>&1
-case $? in
-  0) ;;
-  3) echo "bench/gpu.sh: no CUDA device visible: GPU benchmarks skipped"; exit 0 ;;
-  *) echo "error: bench/gpu.sh: '$PY' cannot import torch (set PYTHON=/path/to/venv/bin/python)" >&2; exit 2 ;;
-esac
+# cheap checks first (no torch import): torch installed, a visible NVIDIA device; then CUDA itself
+if ! "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 1)" >/dev/null 2>&1; then
+  echo "error: bench/gpu.sh: '$PY' cannot import torch (set PYTHON=/path/to/venv/bin/python)" >&2
+  exit 2
+fi
+no_cuda() { echo "bench/gpu.sh: no CUDA device visible: GPU benchmarks skipped"; exit 0; }
+case "${CUDA_VISIBLE_DEVICES-unset}" in ""|-1) no_cuda ;; esac
+ls /dev/nvidia[0-9]* >/dev/null 2>&1 || nvidia-smi -L >/dev/null 2>&1 || no_cuda
+"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" >/dev/null 2>&1 || no_cuda
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mimlab-gpu-bench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 START=$(date +%s)
