@@ -292,9 +292,16 @@ def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str, threads
         for r in range(rounds):
             order = list(procs) if r % 2 == 0 else list(procs)[::-1]  # alternate who goes first
             for label in order:
-                procs[label].stdin.write(f"{steps}\n")
-                procs[label].stdin.flush()
-                for pair in procs[label].stdout.readline().split():
+                try:
+                    procs[label].stdin.write(f"{steps}\n")
+                    procs[label].stdin.flush()
+                    line = procs[label].stdout.readline()
+                except BrokenPipeError:
+                    line = ""
+                if not line:
+                    raise SystemExit(f"error: step worker '{label}' died (exit code {procs[label].wait()}; "
+                                     "out of memory?)")
+                for pair in line.split():
                     wall, cpu = pair.split("/")
                     rates[label]["wall"].append(float(wall))
                     rates[label]["cpu"].append(float(cpu))
@@ -314,8 +321,11 @@ def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str, threads
                   "  (target >= 1.25x)")
     finally:
         for proc in procs.values():
-            proc.stdin.close()
-            proc.wait(timeout=60)
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                proc.kill()
         subprocess.run(["git", "worktree", "remove", "--force", base], cwd=repo, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
