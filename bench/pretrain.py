@@ -8,6 +8,11 @@ GPU (``--gpu``): ViT-S/16 at 224 px with 2x224 + 6x96 crops, bf16 autocast: imag
 (FLOPs of one step counted by ``torch.utils.flop_counter``; peak given by ``--peak-tflops``, H100/H200 bf16 dense 989).
 
     .venv/bin/python bench/pretrain.py [--steps 6] [--rounds 8] [--ray-steps 12] [--skip-masking] [--skip-ray] [--gpu]
+
+Step rate (``--step-rate [--baseline-rev e444b57] [--rounds R] [--steps S] [--strategy SPEC]``): this tree's
+training step beside the baseline commit's, at the issue-19 dimensions (12 blocks, width 64, 4 heads, patch 4,
+2x32 + 4x16 px, batch 64, head 2048 -> 256 -> 1024, fp32, CPU), each in a child process importing its own tree
+(the baseline from a temporary git worktree), alternating S steps per round; medians, quartiles and the ratio.
 """
 
 from __future__ import annotations
@@ -206,6 +211,152 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
           f"overhead {100 * (plain_epoch / ray_epoch - 1):+6.1f} %")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Step rate of this tree against a baseline commit (issue dimensions), interleaved in one run
+# ---------------------------------------------------------------------------------------------------------------
+
+STEP_RATE_TREE = {
+    "model": {"timm_name": "vit_tiny_patch16_224", "drop_path": 0.0,
+              "kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 12, "num_heads": 4}},
+    "head": {"out_dim": 1024, "hidden_dim": 2048, "bottleneck_dim": 256},
+    "crops": {"global_crops": 2, "global_size": 32, "local_crops": 4, "local_size": 16},
+    "optim": {"batch_size_per_worker": 64, "warmup_epochs": 1, "epochs": 2, "precision": "fp32"},
+    "loss": {"warmup_teacher_temp_epochs": 1},
+    "eval": {"knn_every": 0, "probe_images": 0},
+}
+"""12 blocks, width 64, 4 heads, patch 4, 2x32 + 4x16 px crops, batch 64, head 2048 -> 256 -> 1024, fp32, CPU."""
+
+
+def step_worker(strategy: str, threads: int | None) -> int:
+    """Child process: build the step at :data:`STEP_RATE_TREE` from whichever ``mimlab`` PYTHONPATH names, then
+    answer each ``N`` read on stdin with N timed steps, one line of ``wall_img_per_s/cpu_img_per_s`` pairs (images
+    per second of wall time, and per second of this process's CPU time: the latter barely moves when other jobs
+    share the cores, as long as the step is compute-bound and ``threads`` is 1)."""
+    import copy
+
+    import mimlab
+    from mimlab.config.pretrain import load_pretrain_config
+    from mimlab.pretrain.build import build_parts
+    from mimlab.pretrain.engine import Crops, train_step
+    from mimlab.pretrain.schedules import Schedules
+
+    if threads:
+        torch.set_num_threads(threads)
+    tree = copy.deepcopy(STEP_RATE_TREE)
+    tree["masking"] = {"strategy": strategy}
+    cfg = load_pretrain_config(tree, [])
+    parts = build_parts(cfg)
+    sched = Schedules.from_config(cfg, 100, 1)
+    g = torch.Generator().manual_seed(0)
+    crops = Crops(torch.randn(128, 3, 32, 32, generator=g), torch.randn(256, 3, 16, 16, generator=g), 64)
+    train_step(parts, crops, 1, sched.at(1, 0))  # warm-up
+    print(f"ready {mimlab.__file__}", flush=True)
+    i = 1
+    for line in sys.stdin:
+        rates = []
+        for _ in range(int(line)):
+            t, c = time.perf_counter(), time.process_time()
+            train_step(parts, crops, 1, sched.at(1, i % 100))
+            rates.append(f"{64 / (time.perf_counter() - t):.4f}/{64 / max(time.process_time() - c, 1e-9):.4f}")
+            i += 1
+        print(" ".join(rates), flush=True)
+    return 0
+
+
+def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str, threads: int | None = None) -> None:
+    """This tree's step beside ``baseline_rev``'s, each in its own process (a git worktree of the baseline made
+    here and removed after), alternating ``steps`` timed steps per round so machine load hits both alike."""
+    import shutil
+    import subprocess
+
+    repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+    base = tempfile.mkdtemp(prefix="bench-baseline-")
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", base, baseline_rev], cwd=repo, check=True,
+                   capture_output=True)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for label, platform in (("this tree", os.path.join(repo, "platform")),
+                                (f"baseline {baseline_rev}", os.path.join(base, "platform"))):
+            env = {**os.environ, "PYTHONPATH": platform}
+            cmd = [sys.executable, os.path.abspath(__file__), "--step-worker", strategy]
+            procs[label] = subprocess.Popen(cmd + (["--threads", str(threads)] if threads else []),
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                            cwd=base)
+        for label, proc in procs.items():
+            ready = proc.stdout.readline().strip()
+            if not ready.startswith("ready"):
+                raise SystemExit(f"step worker '{label}' failed to start")
+            print(f"{label:24s} imports {ready.split(' ', 1)[1]}", flush=True)
+        rates: dict[str, dict[str, list[float]]] = {label: {"wall": [], "cpu": []} for label in procs}
+        for r in range(rounds):
+            order = list(procs) if r % 2 == 0 else list(procs)[::-1]  # alternate who goes first
+            for label in order:
+                try:
+                    procs[label].stdin.write(f"{steps}\n")
+                    procs[label].stdin.flush()
+                    line = procs[label].stdout.readline()
+                except BrokenPipeError:
+                    line = ""
+                if not line:
+                    raise SystemExit(f"error: step worker '{label}' died (exit code {procs[label].wait()}; "
+                                     "out of memory?)")
+                for pair in line.split():
+                    wall, cpu = pair.split("/")
+                    rates[label]["wall"].append(float(wall))
+                    rates[label]["cpu"].append(float(cpu))
+        print(f"\n== step rate at the issue dimensions ({strategy}; 12 blocks, width 64, 2x32+4x16 px, batch 64, "
+              f"head 2048->256->1024, fp32, CPU, {threads or torch.get_num_threads()} threads), {rounds} rounds x "
+              f"{steps} steps, interleaved ==")
+        base_label = f"baseline {baseline_rev}"
+        for kind, unit in (("wall", "img/s (wall clock)"), ("cpu", "img per CPU-second")):
+            meds = {}
+            for label, by_kind in rates.items():
+                v = by_kind[kind]
+                meds[label] = statistics.median(v)
+                q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+                print(f"{label:24s} median {meds[label]:8.2f} {unit}   (quartiles {q[0]:.2f}-{q[2]:.2f}, "
+                      f"min-max {min(v):.2f}-{max(v):.2f}, n={len(v)})")
+            print(f"ratio this tree / {base_label} ({kind}, medians): {meds['this tree'] / meds[base_label]:.3f}x"
+                  "  (target >= 1.25x)")
+    finally:
+        for proc in procs.values():
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                proc.kill()
+        subprocess.run(["git", "worktree", "remove", "--force", base], cwd=repo, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def gpu_attention(steps: int, rounds: int, batch: int, peak_tflops: float, strategy: str) -> None:
+    """ViT-S/16 (224 px, 2x224 + 6x96, bf16) step: fused attention where nothing reads it (this tree's default)
+    against every block explicit, interleaved; images/s and MFU (FLOPs counted once per variant)."""
+    from mimlab.models.vit import set_fused_attention
+
+    runners = {"fused where unread": _Runner(strategy, batch=batch, gpu=True, steps=steps),
+               "all explicit": _Runner(strategy, batch=batch, gpu=True, steps=steps)}
+    for model in (runners["all explicit"].parts.teacher, runners["all explicit"].parts.student):
+        set_fused_attention(model, False)
+    for runner in runners.values():
+        for i in range(2):
+            runner.step(i, timed=False)
+        runner.count_flops()
+    for _ in range(rounds):
+        for runner in runners.values():
+            for i in range(steps):
+                runner.step(i)
+    print(f"\n== ViT-S/16 step ({strategy}), batch {batch}, bf16, median of {rounds}x{steps} interleaved steps ==")
+    ref = statistics.median(runners["all explicit"].rates)
+    for label, runner in runners.items():
+        med = statistics.median(runner.rates)
+        tflops = runner.flops / batch * med / 1e12
+        print(f"attention {label:20s} {med:9.1f} img/s   vs all explicit {med / ref:6.3f}x   "
+              f"(min-max {min(runner.rates):.1f}-{max(runner.rates):.1f})   {tflops:7.1f} TFLOP/s   "
+              f"MFU {100 * tflops / peak_tflops:5.1f} % (peak {peak_tflops:.0f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -216,7 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--step-rate", action="store_true",
+                        help="only the step rate of this tree beside --baseline-rev at the issue dimensions")
+    parser.add_argument("--baseline-rev", default="e444b57")
+    parser.add_argument("--strategy", default="attmask-raw:layer=12", help="masking strategy of --step-rate")
+    parser.add_argument("--step-worker", metavar="STRATEGY", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each --step-rate process")
+    parser.add_argument("--gpu-attention", action="store_true",
+                        help="only the ViT-S/16 GPU step with fused vs all-explicit attention (needs CUDA)")
     args = parser.parse_args(argv)
+    if args.step_worker:
+        return step_worker(args.step_worker, args.threads)
+    if args.step_rate:
+        step_rate(args.baseline_rev, args.rounds, args.steps, args.strategy, args.threads)
+        return 0
     for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
         os.environ.setdefault(key, value)
@@ -224,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         print("--gpu given but no CUDA device is visible", file=sys.stderr)
         return 2
     batch = args.batch or (64 if args.gpu else 64)
+    if args.gpu_attention:
+        if not torch.cuda.is_available():
+            print("--gpu-attention given but no CUDA device is visible", file=sys.stderr)
+            return 2
+        gpu_attention(args.steps, args.rounds, batch, args.peak_tflops, args.strategy)
+        return 0
     if not args.skip_masking:
         masking_table(args.steps, batch, args.gpu, args.peak_tflops, args.rounds)
     if not args.gpu and not args.skip_ray:

@@ -64,6 +64,7 @@ class CropsConfig(_Section):
     global_scale: tuple[float, float] = (0.25, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.25)
     blur_radius: tuple[float, float] = (0.1, 2.0)  # PIL Gaussian radius in pixels (DINO's, meant for 224/96 px)
+    device: Literal["cpu", "gpu"] = "cpu"  # colour augmentations in the crop stage, or batched after the transfer
 
     @model_validator(mode="after")
     def _check_with_pipeline(self) -> CropsConfig:

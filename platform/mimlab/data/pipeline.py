@@ -17,13 +17,14 @@ import zlib
 from typing import Any
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from mimlab.data.fs import list_shards, locate, remote_env, to_pyarrow
 from mimlab.data.sample import epoch_windows, read_window, row_counts
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
 from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
-from mimlab.data.transforms import MultiCrop, MultiCropConfig, eval_transform
+from mimlab.data.transforms import MultiCrop, MultiCropConfig, decode_for_crops, eval_transform
 from mimlab.errors import UserError
 
 log = logging.getLogger("mimlab.data")
@@ -116,6 +117,8 @@ def multicrop_dataset(url: str | os.PathLike | None, cfg: MultiCropConfig | None
     ds = epoch_rows(url, split=split, limit=limit, epoch=epoch, sample_seed=sample_seed,
                     shuffle_buffer=shuffle_buffer, shard=shard, rows_per_block=batch_size)
     row_bytes = 3 * (cfg.global_crops * cfg.global_size ** 2 + cfg.local_crops * cfg.local_size ** 2)
+    if cfg.device == "gpu":
+        row_bytes += 4 * 13 * (cfg.global_crops + cfg.local_crops)  # the deferred colour parameters
     out = _map(ds, _MultiCropBatch, dict(cfg=cfg, seed=seed, tag=tag), batch_size, workers, row_bytes)
     out.skip_tag = tag
     return out
@@ -228,25 +231,39 @@ class _DecodeBatch:
 
 
 class _MultiCropBatch(_DecodeBatch):
+    """The one crop stage: decode (JPEGs at the draft scale the crops allow) and cut every crop of the batch.
+
+    Output columns: ``global_i`` / ``local_i`` ``uint8 [B,S,S,3]`` and ``label``; with ``crops.device: gpu`` also
+    ``<name>_params`` ``float32 [B,13]`` (the colour step then runs on the training device, see
+    :func:`mimlab.data.transforms.apply_deferred`).
+    """
+
     def __init__(self, cfg: MultiCropConfig, seed: int | None, tag: str) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one Ray CPU per task: intra-op threads would only contend
         self.crop, self.cfg, self.seed, self.tag = MultiCrop(cfg), cfg, seed, tag
         self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, keep = self.decode(batch)
-        paths = batch["path"][keep]
-        out: dict[str, list[np.ndarray]] = {name: [] for name in self.cfg.names()}
-        for img, path in zip(images, paths):
-            rng = self.rng if self.seed is None else np.random.default_rng(
-                [self.seed, zlib.crc32(str(path).encode())])
-            for name, crop in self.crop(img, rng).items():
-                out[name].append(crop)
-        result = {name: _stack(crops, self._size(name)) for name, crops in out.items()}
-        result["label"] = np.asarray(batch["label"], dtype=np.int64)[keep]
+        images, keep, bad = [], [], []
+        for i, data in enumerate(batch["image"]):
+            try:
+                images.append(decode_for_crops(data, self.cfg))
+                keep.append(i)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
+                bad.append(str(batch["path"][i]))
+        if bad:
+            _count_skips(self.tag, bad)
+        keep_idx = np.asarray(keep, dtype=np.int64)
+        if self.seed is None:
+            rngs: Any = self.rng
+        else:
+            rngs = [np.random.default_rng([self.seed, zlib.crc32(str(path).encode())])
+                    for path in batch["path"][keep_idx]]
+        result = self.crop.batch(images, rngs)
+        result["label"] = np.asarray(batch["label"], dtype=np.int64)[keep_idx]
         return result
-
-    def _size(self, name: str) -> int:
-        return self.cfg.global_size if name.startswith("global") else self.cfg.local_size
 
 
 class _EvalBatch(_DecodeBatch):

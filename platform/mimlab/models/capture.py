@@ -10,7 +10,9 @@ Per requested block ``l`` (0-based) the capture records
 plus ``num_prefix_tokens`` (cls + distillation/register tokens) and the patch ``grid`` ``(h, w)`` of the last
 forward. Logits and keys are recomputed from the ``qkv`` projection output inside a hook, which costs one extra
 ``q k^T`` per captured block and only when asked for. Only the requested blocks are hooked, and only their
-attention is switched to the unfused path for the duration of the context.
+attention is switched to the unfused path for the duration of the context: a model built with fused attention
+(``create_backbone(..., fused_attention=True)``, as pretraining does) runs every other block through
+``F.scaled_dot_product_attention``, so the explicit kernel runs exactly where this forward reads it.
 """
 
 from __future__ import annotations

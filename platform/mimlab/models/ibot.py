@@ -85,8 +85,19 @@ class IBOTHead(nn.Module):
         cls_out = self.last_layer(z[:n_cls])
         if patch_tokens is None:
             return cls_out, None
-        patch_layer = self.last_layer if self.last_layer2 is None else self.last_layer2
-        return cls_out, patch_layer(z[n_cls:])
+        return cls_out, self.patch_layer(z[n_cls:])
+
+    @property
+    def patch_layer(self) -> WeightNormLinear:
+        """The last layer of patch tokens (``last_layer2``, or ``last_layer`` when shared)."""
+        return self.last_layer if self.last_layer2 is None else self.last_layer2
+
+    def embed(self, cls_tokens: Tensor, patch_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """[cls] logits ``[Mc, K]`` and the L2-normalised bottleneck of the patch tokens ``[Mp, bottleneck]``:
+        the patch logits are ``patch_layer`` of it, taken later only where something reads them."""
+        n_cls = cls_tokens.shape[0]
+        z = F.normalize(self.mlp(torch.cat([cls_tokens, patch_tokens], 0)), dim=-1, p=2)  # [Mc+Mp, bottleneck]
+        return self.last_layer(z[:n_cls]), z[n_cls:]
 
 
 class MaskedViT(nn.Module):
@@ -165,6 +176,20 @@ class IBOTStudent(nn.Module):
         picked = patch_tokens.reshape(-1, patch_tokens.shape[-1]) if all_patches else patch_tokens[masks]  # [M, D]
         cls_logits, patch_logits = self.head(torch.cat(cls_list, 0), picked)
         return {"cls": cls_logits, "patch": patch_logits, "patch_tokens": patch_tokens}
+
+
+def teacher_embed(backbone: nn.Module, head: IBOTHead, global_crops: Tensor) -> dict[str, Tensor]:
+    """Teacher [cls] logits and patch bottlenecks (no patch logits yet): one backbone forward.
+
+    Returns:
+        ``cls`` ``[G*B, K]``, ``patch_z`` ``[G*B, Np, bottleneck]`` (L2-normalised; ``head.patch_layer`` of it gives
+        the patch logits, which is linear, so the mean of the logits is ``patch_layer`` of the mean).
+    """
+    p = int(getattr(backbone, "num_prefix_tokens", 1))
+    tokens = backbone.forward_features(global_crops)  # [G*B, p+Np, D]
+    n, np_, d = tokens.shape[0], tokens.shape[1] - p, tokens.shape[2]
+    cls_logits, z = head.embed(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
+    return {"cls": cls_logits, "patch_z": z.view(n, np_, -1)}
 
 
 def teacher_forward(backbone: nn.Module, head: IBOTHead, global_crops: Tensor) -> dict[str, Tensor]:

@@ -1,4 +1,11 @@
-"""timm backbones built offline, with fused attention switched off so attention can be captured by hooks."""
+"""timm backbones built offline.
+
+Attention mode: by default every block runs the explicit (softmax-materialising) path, so hook-based explainers
+(TIBAV, grad-cam wrappers) see the probabilities. ``fused_attention=True`` keeps timm's fused kernel
+(``F.scaled_dot_product_attention``) in every block; :class:`~mimlab.models.capture.AttentionCapture` then switches
+only the blocks it records to the explicit path, for the forwards inside its context (pretraining builds its
+student and teacher this way, so a block runs explicit only where a masking strategy reads it).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,24 @@ import torch.nn as nn
 from mimlab.errors import UserError, did_you_mean
 
 
-def disable_fused_attention(model: nn.Module) -> nn.Module:
-    """Switch every timm attention module to the explicit (softmax-materialising) path, in place.
+def set_fused_attention(model: nn.Module, fused: bool) -> nn.Module:
+    """Set every timm attention module's ``fused_attn`` flag, in place.
 
-    timm's ``Attention`` decides ``fused_attn`` at construction; when fused it calls
+    timm's ``Attention`` reads ``fused_attn`` at every forward; when fused it calls
     ``F.scaled_dot_product_attention`` and no attention probabilities ever exist, so hooks see nothing.
     """
     for module in model.modules():
         if hasattr(module, "fused_attn"):
-            module.fused_attn = False
+            module.fused_attn = fused
     return model
 
 
-def create_backbone(timm_name: str, **kwargs: Any) -> nn.Module:
+def disable_fused_attention(model: nn.Module) -> nn.Module:
+    """Switch every timm attention module to the explicit (softmax-materialising) path, in place."""
+    return set_fused_attention(model, False)
+
+
+def create_backbone(timm_name: str, *, fused_attention: bool = False, **kwargs: Any) -> nn.Module:
     """Build a timm model by name with random weights, never touching the network.
 
     Args:
@@ -29,9 +41,12 @@ def create_backbone(timm_name: str, **kwargs: Any) -> nn.Module:
         **kwargs: forwarded to ``timm.create_model`` and overriding the entrypoint defaults (``img_size``,
             ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``num_classes`` ...). ``pretrained`` is
             always ``False``: load local weights with :func:`mimlab.models.loading.load_model`.
+        fused_attention: keep the fused kernel in every block (attention is then readable only through
+            :class:`~mimlab.models.capture.AttentionCapture`, which makes the blocks it records explicit per
+            forward). Default ``False``: every block explicit, what hook-based explainers need.
 
     Returns:
-        The model in eval mode with fused attention switched off.
+        The model in eval mode.
     """
     import timm
 
@@ -42,7 +57,7 @@ def create_backbone(timm_name: str, **kwargs: Any) -> nn.Module:
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
     except TypeError as err:
         raise UserError(f"timm model '{timm_name}' rejected its arguments {sorted(kwargs)}: {err}") from None
-    disable_fused_attention(model)
+    set_fused_attention(model, fused_attention)
     return model.eval()
 
 

@@ -163,12 +163,12 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
     kwargs = backbone_kwargs(cfg)
-    student_backbone = create_backbone(cfg.model.timm_name, drop_path_rate=cfg.model.drop_path, **kwargs)
-    teacher = create_backbone(cfg.model.timm_name, drop_path_rate=0.0, **kwargs)
+    # fused attention everywhere: the student's is never read, and the capture of a step makes only the teacher
+    # blocks its masking strategy reads explicit, for that forward
+    student_backbone = create_backbone(cfg.model.timm_name, drop_path_rate=cfg.model.drop_path,
+                                       fused_attention=True, **kwargs)
+    teacher = create_backbone(cfg.model.timm_name, drop_path_rate=0.0, fused_attention=True, **kwargs)
     teacher.load_state_dict(student_backbone.state_dict())
-    for mod in student_backbone.modules():  # the student's attention is never captured: keep the fused kernel
-        if hasattr(mod, "fused_attn"):
-            mod.fused_attn = True
     h = cfg.head
     head = IBOTHead(student_backbone.embed_dim, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.norm_last_layer, h.shared)
     teacher_head = copy.deepcopy(head)
@@ -183,7 +183,7 @@ def build_parts(cfg, device: torch.device | str = "cpu", rank: int = 0) -> IBOTP
                             contrastive=cfg.contrastive is not None)
     loss = IBOTLoss(h.out_dim, cfg.crops.global_crops, cfg.loss.student_temp, cfg.loss.lambda1, cfg.loss.lambda2,
                     cfg.loss.center_momentum).to(device)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    optimizer = torch.optim.AdamW(param_groups(student), fused=True)  # one kernel per parameter, same update
     amp_dtype, use_scaler = resolve_precision(cfg.optim.precision, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     ema = TeacherEMA([(student.encoder.backbone, teacher), (student.head, teacher_head)])

@@ -54,7 +54,6 @@ class LocalMultiCrop:
             raise UserError(f"the training data has {len(images)} images, fewer than optim.batch_size_per_worker="
                             f"{self.batch}")
         self.crop = MultiCrop(multicrop_config(cfg))
-        self.names = multicrop_config(cfg).names()
         self.seed = cfg.train.seed
 
     def __len__(self) -> int:
@@ -65,7 +64,6 @@ class LocalMultiCrop:
         order = rng.permutation(len(self.images))
         for start in range(0, len(order) - self.batch + 1, self.batch):
             idx = order[start:start + self.batch]
-            views = [self.crop(self.images[i], rng) for i in idx]
-            batch = {name: np.stack([v[name] for v in views]) for name in self.names}  # B x [S,S,3] -> [B,S,S,3]
+            batch = self.crop.batch([self.images[i] for i in idx], rng)  # {name: [B,S,S,3]}, colour ops batched
             batch["label"] = self.labels[idx]
             yield batch

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mimlab.errors import UserError
-from mimlab.models.ibot import teacher_forward
+from mimlab.models.ibot import teacher_embed, teacher_forward
 from mimlab.pretrain.build import IBOTParts
 from mimlab.pretrain.optim import cancel_gradients, clip_per_parameter, set_lr_wd
 from mimlab.pretrain.schedules import Schedules
@@ -47,13 +47,15 @@ def crops_from_columns(columns: dict[str, Any], num_global: int, num_local: int,
                        device: torch.device | str = "cpu") -> Crops:
     """Stack ``global_i`` / ``local_i`` uint8 ``[B,S,S,3]`` columns (Ray Data or local loader) into :class:`Crops`.
 
-    uint8 is moved to the device first and normalised there (4x less traffic than float).
+    uint8 is moved to the device first and normalised there (4x less traffic than float). When the crop stage
+    deferred the colour augmentations (``crops.device: gpu``: ``<name>_params`` columns), they run here, batched,
+    on ``device``.
     """
-    from mimlab.data.transforms import normalise
+    from mimlab.data.transforms import apply_deferred, standardise
 
     def stack(prefix: str, n: int) -> Tensor:
-        parts = [torch.as_tensor(columns[f"{prefix}_{i}"]).to(device, non_blocking=True) for i in range(n)]
-        return normalise(torch.cat(parts, 0), mean, std)  # G x [B,S,S,3] -> [G*B,3,S,S]
+        parts = [apply_deferred(columns, f"{prefix}_{i}", device) for i in range(n)]  # n x [B,3,S,S] in [0,255]
+        return standardise(torch.cat(parts, 0), mean, std)  # G x [B,3,S,S] -> [G*B,3,S,S]
 
     g = stack("global", num_global)
     local = stack("local", num_local) if num_local > 0 else None
@@ -78,11 +80,17 @@ def _autocast(parts: IBOTParts):
     return torch.autocast(device_type=parts.device.type, dtype=parts.amp_dtype)
 
 
-def teacher_and_masks(parts: IBOTParts, crops: Crops) -> tuple[dict[str, Tensor], Tensor, list[_CropView] | None]:
+def teacher_and_masks(parts: IBOTParts, crops: Crops, *, all_patches: bool = True,
+                      ) -> tuple[dict[str, Tensor], Tensor, list[_CropView] | None]:
     """The ONE teacher forward of the step (capturing attention when a strategy needs it) and the student masks.
 
+    Args:
+        all_patches: return the teacher's patch logits of every patch. ``False`` applies the head's last layer only
+            where the loss reads it: at the masked positions, and to the per-image patch mean (the centre's input).
+
     Returns:
-        teacher outputs (``cls`` ``[G*B,K]``, ``patch`` ``[G*B,Np,K]``), masks bool ``[G*B, Np]``, per-crop views.
+        teacher outputs (``cls`` ``[G*B,K]``, ``patch`` ``[G*B,Np,K]``, or with ``all_patches=False`` ``patch``
+        ``[M,K]`` in ``masks.nonzero()`` order and ``patch_mean`` ``[G*B,K]``), masks bool ``[G*B, Np]``, views.
     """
     from mimlab.models.capture import AttentionCapture
 
@@ -91,16 +99,22 @@ def teacher_and_masks(parts: IBOTParts, crops: Crops) -> tuple[dict[str, Tensor]
     grid = (size // parts.patch_size, size // parts.patch_size)
     masking = parts.masking
     views = None
+    forward = teacher_forward if all_patches else teacher_embed
     with torch.no_grad(), _autocast(parts):
         if masking.needs_attention:
             with AttentionCapture(parts.teacher, layers=masking.layers, keys=masking.needs_keys,
                                   logits=masking.needs_logits, detach=True) as cap:
-                t_out = teacher_forward(parts.teacher, parts.teacher_head, crops.global_crops)
+                t_out = forward(parts.teacher, parts.teacher_head, crops.global_crops)
             views = [_CropView(cap, q, b) for q in range(g)]
         else:
-            t_out = teacher_forward(parts.teacher, parts.teacher_head, crops.global_crops)
+            t_out = forward(parts.teacher, parts.teacher_head, crops.global_crops)
         masks = torch.cat([masking(q, b, grid, views[q] if views else None, parts.generator).to(parts.device)
                            for q in range(g)])  # G x [B,Np] -> [G*B,Np]
+        if not all_patches:
+            z = t_out.pop("patch_z")  # [G*B,Np,bottleneck]
+            layer = parts.teacher_head.patch_layer
+            t_out["patch"] = layer(z[masks])  # [M,bottleneck] -> [M,K]
+            t_out["patch_mean"] = layer(z.mean(1))  # [G*B,K] = mean over Np of the logits (the layer is linear)
     return t_out, masks, views
 
 
@@ -123,8 +137,9 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
     """
     cfg = parts.cfg
     set_lr_wd(parts.optimizer, values["lr"], values["wd"])
-    t_out, masks, views = teacher_and_masks(parts, crops)
     contrastive = parts.contrastive
+    teacher_all = contrastive is not None and contrastive.uses_teacher  # reads every teacher patch probability
+    t_out, masks, views = teacher_and_masks(parts, crops, all_patches=teacher_all)
     with _autocast(parts):
         all_patches = contrastive is not None and contrastive.source == "student_head" and not contrastive.uses_teacher
         s_out = parts.student(crops.global_crops, crops.local_crops, masks, all_patches=all_patches)
@@ -155,7 +170,7 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
     else:
         opt.step()
     parts.ema.update(values["momentum"])
-    parts.loss.update_center(t_out["cls"], t_out["patch"])
+    parts.loss.update_center(t_out["cls"], t_out.get("patch_mean", t_out["patch"]))
     out = {k: v.detach() for k, v in losses.items()}
     out["loss"] = total.detach()
     out["masked_fraction"] = masks.float().mean()

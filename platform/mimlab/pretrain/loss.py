@@ -44,7 +44,7 @@ class IBOTLoss(nn.Module):
             student_patch: ``[M, K]`` logits of the masked global patches in ``masks.nonzero()`` order, or
                 ``[G*B*Np, K]`` logits of every global patch.
             teacher_cls: ``[G*B, K]``.
-            teacher_patch: ``[G*B, Np, K]``.
+            teacher_patch: ``[G*B, Np, K]``, or ``[M, K]`` (the masked rows only, ``masks.nonzero()`` order).
             masks: bool ``[G*B, Np]`` (True = masked for the student).
             teacher_temp: τ_t of this epoch; ``teacher_patch_temp``: τ_p of this epoch.
 
@@ -70,7 +70,8 @@ class IBOTLoss(nn.Module):
         if student_patch.shape[0] == flat_mask.numel():
             student_patch = student_patch[flat_mask]  # [G*B*Np, K] -> [M, K]
         image_idx = masks.nonzero()[:, 0]  # [M] image (row of masks) of each masked token
-        tp = teacher_patch.float()[masks]  # [G*B, Np, K] -> [M, K]
+        tp = teacher_patch.float()
+        tp = tp[masks] if tp.dim() == 3 else tp  # [G*B, Np, K] -> [M, K]
         tp_prob = F.softmax((tp - self.center2[0]) / teacher_patch_temp, dim=-1)
         token_ce = -(tp_prob * F.log_softmax(student_patch.float() / self.student_temp, dim=-1)).sum(-1)  # [M]
         per_image = torch.zeros(masks.shape[0], device=token_ce.device, dtype=token_ce.dtype)
@@ -91,10 +92,12 @@ class IBOTLoss(nn.Module):
         """EMA of the batch-mean teacher logits (all patch tokens, not only masked ones), over every rank.
 
         Args:
-            teacher_cls: ``[G*B, K]``; teacher_patch: ``[G*B, Np, K]``.
+            teacher_cls: ``[G*B, K]``; teacher_patch: ``[G*B, Np, K]``, or its mean over the patches ``[G*B, K]``.
         """
         cls_sum = teacher_cls.float().sum(0, keepdim=True)  # [1, K]
-        patch_sum = teacher_patch.float().mean(1).sum(0, keepdim=True).unsqueeze(0)  # [G*B,Np,K] -> [1,1,K]
+        per_image = teacher_patch.float()
+        per_image = per_image.mean(1) if per_image.dim() == 3 else per_image  # [G*B,Np,K] -> [G*B,K]
+        patch_sum = per_image.sum(0, keepdim=True).unsqueeze(0)  # [G*B,K] -> [1,1,K]
         count = torch.tensor([float(teacher_cls.shape[0])], device=cls_sum.device)
         if dist.is_available() and dist.is_initialized():
             packed = torch.cat([cls_sum.flatten(), patch_sum.flatten(), count])
