@@ -493,7 +493,8 @@ def check_same_run(storage: str, name: str, fingerprint: dict[str, Any]) -> None
     if fs.exists(path):
         with fs.open(path, "r") as fh:
             saved = json.loads(fh.read())
-        changed = config_changes(saved, fingerprint, ignore=RUNTIME_KEYS + ("cfg.optim.epochs",))
+        ignore = tuple(f"cfg.{k}" for k in RUNTIME_KEYS) + ("cfg.optim.epochs",)
+        changed = config_changes(saved, fingerprint, ignore=ignore)
         before = saved.get("cfg", {}).get("optim", {}).get("epochs", 0)
         after = fingerprint["cfg"]["optim"]["epochs"]
         if after < before:
