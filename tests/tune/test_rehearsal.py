@@ -45,3 +45,69 @@ def test_cluster_rehearsal_resumes_every_trial_from_its_last_checkpoint(s3_bucke
 
     fs, root = resolve(res["checkpoints"])
     assert len(fs.ls(root)) == 2   # one Train run folder per trial, on S3
+
+
+@pytest.mark.timeout(1200)
+def test_interrupted_sweep_of_real_trials_resumes_each_from_its_last_epoch(ray_local, exp_dir, mlflow_server,
+                                                                          tmp_path):
+    """SLOW (real 1-worker trials, twice): the sweep is stopped after the first trial's first epoch checkpoint and
+    resumed; that trial continues at epoch 1 in the same MLflow child run, and every trial ends FINISHED."""
+    import os
+    import signal
+
+    from ray import tune
+
+    from mimlab.runtime.tune import run_sweep
+
+    (exp_dir / "resume-real.yaml").write_text(
+        "name: resume-real\ndefault_profile: tiny\nbase:\n  optim: {epochs: 3}\n"
+        "sweep:\n  masking.strategy: [block, random]\n")
+
+    class StopAfterFirstEpoch(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("phase") == "pretrain" and result.get("epoch") == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)   # Tune's "stop and save the state", like Ctrl+C
+
+    storage = str(tmp_path / "runs")
+    first = run_sweep(name="resume-real", tracking_uri=mlflow_server, storage_path=storage, max_concurrent=1,
+                      callbacks=[StopAfterFirstEpoch()], echo=lambda s: None)
+    assert first.interrupted
+    second = run_sweep(name="resume-real", tracking_uri=mlflow_server, storage_path=storage, max_concurrent=1,
+                       resume=True, echo=lambda s: None)
+    assert not second.interrupted and second.table.finished == 2
+
+    from mlflow.tracking import MlflowClient
+
+    from mimlab.runtime.sweep_results import child_runs
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    children = child_runs(mlflow_server, first.parent_run_id)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)   # no duplicate child run
+    starts = sorted(sorted(m.value for m in client.get_metric_history(c.info.run_id, "start_epoch"))
+                    for c in children)
+    assert starts == [[0.0], [0.0, 1.0]]   # the interrupted trial resumed at epoch 1, never from 0 again
+    for child in children:
+        # every epoch logged (an epoch under way when the sweep stopped is logged again when it is redone)
+        assert sorted({m.step for m in client.get_metric_history(child.info.run_id, "loss")}) == [0, 1, 2]
+        assert child.data.tags["mimlab.checkpoint"].startswith(storage)
+        assert 1.0 <= child.data.metrics["batch_classes"] <= 4.0
+
+
+def test_resume_after_the_experiment_changed_names_the_keys(exp_dir, mlflow_server, tmp_path):
+    from mimlab.config.experiment import load_experiment
+    from mimlab.errors import UserError
+    from mimlab.runtime.tune import _check_same_sweep, _fingerprint
+
+    from conftest import write_sweep
+
+    write_sweep(exp_dir, "changing", ["block", "random"])
+    before = _fingerprint(load_experiment("changing"), 1, None, None)
+    write_sweep(exp_dir, "changing", ["block", "attmask-high"])
+    after = _fingerprint(load_experiment("changing"), 1, None, None)
+    _check_same_sweep({"config": before}, before, "/s", load_experiment("changing"))   # unchanged: fine
+    with pytest.raises(UserError, match=r"cannot resume /s: the experiment 'changing' \(profile 'tiny'\) changed "
+                                        r"since it started \(differs in: points.*attmask-high.*\); run it without "
+                                        r"--resume"):
+        _check_same_sweep({"config": before}, after, "/s", load_experiment("changing"))
+    with pytest.raises(UserError, match=r"differs in: seeds"):
+        _check_same_sweep({"config": before}, {**before, "seeds": 3}, "/s", load_experiment("changing"))

@@ -86,12 +86,14 @@ class MlflowSink:
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         self.client.log_image(self.run_id, image, key=key, step=step)
 
-    def close(self, error: str | None = None) -> None:
-        """End the run FINISHED, or FAILED with ``error`` as the ``mimlab.error`` tag (a failure is always tagged)."""
+    def close(self, error: str | None = None, interrupted: bool = False) -> None:
+        """End the run FINISHED, FAILED with ``error`` as the ``mimlab.error`` tag (a failure is always tagged), or
+        KILLED when ``interrupted`` (a resume continues it)."""
         if error:
             self.client.set_tag(self.run_id, ERROR_TAG, error[:5000])
         if self.owned:
-            self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
+            status = "FAILED" if error else "KILLED" if interrupted else "FINISHED"
+            self.client.set_terminated(self.run_id, status=status)
 
 
 def multicrop_config(cfg) -> Any:
@@ -145,9 +147,11 @@ def check_storage(storage_path: str) -> str:
     from mimlab.data.fs import resolve
 
     fs, path = resolve(storage_path)
-    try:
-        fs.makedirs(path, exist_ok=True)
-        fs.ls(path)
+    probe = f"{path.rstrip('/')}/.mimlab-write-test"
+    try:  # object stores have no empty folders: write (and remove) a probe object
+        with fs.open(probe, "wb") as fh:
+            fh.write(b"ok")
+        fs.rm(probe)
     except Exception as err:  # noqa: BLE001 - any backend error means "unreachable"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"storage path '{storage_path}' is unreachable: {first}") from None
@@ -316,6 +320,7 @@ def _train_fn(config: dict[str, Any], session: Any = None) -> None:
     inject = config.get("inject_failure")
     sink = monitor = None
     error: str | None = None
+    interrupted = False
     if rank == 0:
         ml = config["mlflow"]
         given = ml.get("run_id")
@@ -362,12 +367,15 @@ def _train_fn(config: dict[str, Any], session: Any = None) -> None:
             else:
                 session.report(metrics)
             _inject(inject, rank, epoch, done=True)
+    except (SystemExit, KeyboardInterrupt):   # stopped (Ctrl+C, Tune stopping the trial): resumable, not failed
+        interrupted = True
+        raise
     except BaseException as err:
         error = error or f"{type(err).__name__}: {err}"
         raise
     finally:
         if sink is not None:
-            sink.close(error)
+            sink.close(error, interrupted=interrupted)
 
 
 def _inject(inject: dict[str, Any] | None, rank: int, epoch: int, done: bool = False) -> None:

@@ -109,6 +109,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         body = ctx.body or pretrain_and_evaluate
         try:
             final = _numeric(body(cfg, TrialRun(ctx, point, seed, out_dir, report, active.info.run_id)))
+        except (SystemExit, KeyboardInterrupt):   # Tune stopping the trial: a resumed sweep continues this run
+            raise
         except BaseException as err:   # the run ends FAILED (the context manager); say why
             mlflow.set_tag("mimlab.error", f"{type(err).__name__}: {err}"[:5000])
             raise
@@ -120,7 +122,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def _open_child(ctx: TrialContext, key: str) -> str | None:
-    """The child run of trial ``key`` left RUNNING by an interrupted sweep (its driver was killed), if any."""
+    """The child run of trial ``key`` left unfinished by an interrupted sweep (its driver killed or stopped), if
+    any. Tune re-runs only unfinished trials on ``--resume`` (never errored ones), so such a run is never a failure
+    to keep apart."""
     from mimlab.runtime.sweep_results import client_for
 
     client = client_for(ctx.tracking_uri)
@@ -128,8 +132,8 @@ def _open_child(ctx: TrialContext, key: str) -> str | None:
     runs = client.search_runs([parent.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and "
                                             f"tags.`mimlab.trial_key` = '{key}'")
-    running = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
-    return running[0].info.run_id if running else None
+    open_runs = sorted((r for r in runs if r.info.status != "FINISHED"), key=lambda r: r.info.start_time)
+    return open_runs[-1].info.run_id if open_runs else None
 
 
 # ----------------------------------------------------------------------------------------- the real trial body
