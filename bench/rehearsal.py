@@ -106,16 +106,18 @@ def _checkpoints(bucket: str) -> dict[str, set[str]]:
     return found
 
 
-def _train_workers(exclude: set[int]) -> list[Any]:
+def _train_workers() -> list[Any]:
+    """Ray Train worker processes of the rehearsal's own cluster: its nodes are children of this process, so only
+    this process's descendants are considered (never another Ray runtime on the machine)."""
     import psutil
 
     out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            cmd = " ".join(proc.info["cmdline"] or [])
+            cmd = " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if "RayTrainWorker" in cmd and proc.info["pid"] not in exclude:
+        if "RayTrainWorker" in cmd:
             out.append(proc)
     return out
 
@@ -171,7 +173,7 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
         first = _wait("the first checkpoint", lambda: {r: set(c) for r, c in _checkpoints(bucket).items()},
                       timeout, driver)
         trial, names = next(iter(first.items()))
-        victims = _wait("a training worker process", lambda: _train_workers(set()), 120, driver)
+        victims = _wait("a training worker process of this cluster", _train_workers, 120, driver)
         victims[0].kill()
         killed_workers += 1
         _log(echo, f"{trial}: first checkpoint {sorted(names)[0]}; killed training worker pid {victims[0].pid}")
