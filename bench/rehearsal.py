@@ -102,7 +102,8 @@ def _checkpoints(bucket: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in fs.glob(f"{root}/*/train/*/checkpoint_*"):
         run, name = path.rstrip("/").rsplit("/", 2)[-2:]
-        found.setdefault(run, set()).add(name)
+        if not name.endswith(".json"):   # checkpoint_manager_snapshot.json is Train's index, not a checkpoint
+            found.setdefault(run, set()).add(name)
     return found
 
 
@@ -120,6 +121,21 @@ def _train_workers() -> list[Any]:
         if "RayTrainWorker" in cmd:
             out.append(proc)
     return out
+
+
+def _kill_servers(uri: str) -> None:
+    """Stop the MLflow server a killed driver left behind (it runs in its own session); found by this rehearsal's
+    own database path, so no other process matches."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "--backend-store-uri" in cmd and uri in cmd:
+                for p in [*proc.children(recursive=True), proc]:
+                    p.kill()
+        except psutil.NoSuchProcess:
+            continue
 
 
 def _wait(what: str, until, timeout: float, driver: subprocess.Popen | None = None) -> Any:
@@ -179,8 +195,9 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
         _log(echo, f"{trial}: first checkpoint {sorted(names)[0]}; killed training worker pid {victims[0].pid}")
         _wait("a checkpoint after the worker restart",
               lambda: _checkpoints(bucket).get(trial, set()) - names, timeout, driver)
-        os.killpg(driver.pid, signal.SIGKILL)   # the driver and its MLflow server, like a lost head-node shell
+        os.killpg(driver.pid, signal.SIGKILL)   # the driver, like a lost head-node shell
         driver.wait()
+        _kill_servers(uri)
         _log(echo, "killed the sweep driver after the post-restart checkpoint; resuming with --resume")
         time.sleep(3)
         driver = _platform(*command, "--resume", env=env, log=log, start_new_session=True)
@@ -191,6 +208,7 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
         if driver is not None and driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+        _kill_servers(uri)
         cluster.shutdown()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tune-rehearsal")
