@@ -169,8 +169,11 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
     experiments.mkdir(exist_ok=True)
     (experiments / "profiles.yaml").write_text(PROFILE)
     (experiments / "rehearsal.yaml").write_text(SWEEP)
-    env = {**os.environ, "MIMLAB_EXPERIMENTS_DIR": str(experiments), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
+    # Ray's memory monitor kills workers when the *machine* is above 95 % memory; on a shared development box that
+    # is other people's processes, so the rehearsal's own cluster runs without it. Set before the nodes start.
+    extra = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120", "RAY_memory_monitor_refresh_ms": "0"}
+    os.environ.update(extra)
+    env = {**os.environ, "MIMLAB_EXPERIMENTS_DIR": str(experiments)}
     _log(echo, "writing the ImageFolder tree and sharding it onto S3")
     data = _shard(image_folder(work), bucket, env, log)
     if ray.is_initialized():

@@ -20,15 +20,23 @@ def _rehearsal():
 
 
 @pytest.mark.timeout(2400)
-def test_cluster_rehearsal_resumes_every_trial_from_its_last_checkpoint(s3_bucket, tmp_path):
+def test_cluster_rehearsal_resumes_every_trial_from_its_last_checkpoint(s3_bucket):
     import ray
+
+    import shutil
+    import tempfile
 
     rehearsal = _rehearsal()
     was_up = ray.is_initialized()
     lines: list[str] = []
+    # its own folder, not tmp_path: the rehearsal outlives pytest's clean-up of older tmp_path folders by other
+    # pytest sessions of the same user on a shared machine
+    work = Path(tempfile.mkdtemp(prefix="mimlab-rehearsal-"))
     try:
-        res = rehearsal.rehearse(tmp_path / "work", s3_bucket, echo=lines.append)
+        res = rehearsal.rehearse(work, s3_bucket, echo=lines.append)
+        shutil.rmtree(work, ignore_errors=True)
     finally:
+        print("\n".join(lines))
         if was_up and not ray.is_initialized():
             from mimlab.runtime.ray_env import ensure_ray
 
