@@ -172,6 +172,7 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
     # Ray's memory monitor kills workers when the *machine* is above 95 % memory; on a shared development box that
     # is other people's processes, so the rehearsal's own cluster runs without it. Set before the nodes start.
     extra = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120", "RAY_memory_monitor_refresh_ms": "0"}
+    saved = {k: os.environ.get(k) for k in extra}
     os.environ.update(extra)
     env = {**os.environ, "MIMLAB_EXPERIMENTS_DIR": str(experiments)}
     _log(echo, "writing the ImageFolder tree and sharding it onto S3")
@@ -213,6 +214,11 @@ def rehearse(work: Path, bucket: str, echo=print, timeout: float = 900) -> dict[
             driver.wait()
         _kill_servers(uri)
         cluster.shutdown()
+        for key, value in saved.items():   # a test session goes on with its own settings
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tune-rehearsal")
     runs = client.search_runs([exp.experiment_id])
