@@ -135,7 +135,8 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
     * Both run the attmask-raw step with the same torch thread count: the one Ray gives its worker (1 CPU on a
       2-core machine), set explicitly for the plain loop. Both log every ``log_every`` steps to an MLflow SQLite
       store through the same sink.
-    * The plain loop steps over multi-crop batches prepared before the clock starts, so it measures the bare step.
+    * The plain loop steps over random crops of the same shapes prepared before the clock starts, so it measures
+      the bare step.
       The Ray loop gets its crops from Ray Data tasks on the other CPU while it trains.
     * Figures: the median window rate of the second epoch, without its first window. That first window holds the
       start-up of the epoch's streaming read, which is reported apart. The epoch rate includes that start-up.
@@ -143,9 +144,8 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
     import mlflow
 
     from mimlab.data.synth import write_synthetic
-    from mimlab.pretrain.build import IMAGENET_MEAN, IMAGENET_STD, build_parts
-    from mimlab.pretrain.data_local import LocalMultiCrop, load_images
-    from mimlab.pretrain.engine import crops_from_columns, train_one_epoch
+    from mimlab.pretrain.build import build_parts
+    from mimlab.pretrain.engine import train_one_epoch
     from mimlab.pretrain.schedules import Schedules
     from mimlab.runtime.ray_env import ensure_ray
     from mimlab.runtime.train import MlflowSink, _cpus_per_worker, run_pretrain
@@ -159,8 +159,6 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
     ensure_ray()
     threads = max(1, int(_cpus_per_worker(1)))
     saved_threads = torch.get_num_threads()
-    images, labels = load_images(data, "train", None)
-    loader = LocalMultiCrop(images, labels, cfg)
     sched = Schedules.from_config(cfg, steps, 1)
 
     def plain_loop(label: str) -> tuple[list[float], float]:
@@ -176,7 +174,7 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
 
         epoch_rate = 0.0
         for epoch in range(2):
-            ready = [crops_from_columns(b, 2, 4, IMAGENET_MEAN, IMAGENET_STD) for b in loader.epoch(epoch)][:steps]
+            ready = [_crops(cfg, batch, "cpu") for _ in range(steps)]
             epoch_rate = train_one_epoch(parts, ready, epoch, sched, max_steps=steps, on_step=on_step,
                                          log_every=log_every)["images_per_s"]
         sink.close()

@@ -68,7 +68,7 @@ def test_fixed_ratio_without_fixed_mode_fails_on_load():
 
 
 def test_blur_radius_reaches_the_crop_pipeline_and_is_checked():
-    from mimlab.pretrain.data_local import multicrop_config
+    from mimlab.runtime.train import multicrop_config
 
     cfg = load_pretrain_config({}, ["crops.blur_radius=[0.02,0.3]"])
     assert multicrop_config(cfg).blur_radius == (0.02, 0.3)

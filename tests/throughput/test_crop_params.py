@@ -132,7 +132,7 @@ def test_draft_decoding_keeps_every_crop_at_least_its_output_size():
 def test_crops_device_is_validated_and_reaches_the_crop_settings():
     from mimlab.config.pretrain import load_pretrain_config
     from mimlab.errors import UserError
-    from mimlab.pretrain.data_local import multicrop_config
+    from mimlab.runtime.train import multicrop_config
 
     cfg = load_pretrain_config({}, ["crops.device=gpu"])
     assert multicrop_config(cfg).device == "gpu" and MultiCrop(multicrop_config(cfg)).defer

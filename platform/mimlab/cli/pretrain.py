@@ -16,12 +16,13 @@ def pretrain(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML (see experiments/pretrain-*.yaml)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (repeat)")] = None,
     data: Annotated[str | None, typer.Option(help="training shards URL (default: data.train, else embedded)")] = None,
-    workers: Annotated[int | None, typer.Option(help="DDP workers (0 = in-process local mode)")] = None,
+    workers: Annotated[int | None, typer.Option(help="DDP workers (0 = Ray Train local mode, in this process)")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per worker (> 0 enables GPU training)")] = None,
     epochs: Annotated[int | None, typer.Option(help="override optim.epochs")] = None,
     init: Annotated[str | None, typer.Option(help="start from this local checkpoint (model.init): DINO/iBOT, "
                                                   "released backbone, DeiT/MAE, timm or `platform pretrain`")] = None,
-    name: Annotated[str | None, typer.Option(help="run name; re-using it resumes (default: the YAML's stem)")] = None,
+    name: Annotated[str | None, typer.Option(help="run name; re-using it resumes the same config, or extends it "
+                                                  "with more --epochs (default: the YAML's stem)")] = None,
     storage_path: Annotated[str | None, typer.Option(help="checkpoint store: folder or s3://… (train.storage_path)")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default ./mlflow.db)")] = None,
 ) -> None:
@@ -38,8 +39,9 @@ def pretrain(
     result = run_pretrain(cfg, data=data, name=name or experiment.stem, storage_path=storage_path, workers=workers,
                           gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()
-             if k in ("epoch", "loss", "loss_cls", "loss_patch", "knn_top1", "knn_top1_init", "images_per_s")}
-    typer.echo(f"checkpoint: {result.checkpoint_dir}")
+             if k in ("epoch", "loss", "loss_cls", "loss_patch", "knn_top1", "knn_top1_init", "images_per_s",
+                      "batch_classes")}
+    typer.echo(f"checkpoint: {result.checkpoint_uri or result.checkpoint_dir}")
     typer.echo(f"metrics: {shown}")
     echo_err("browse the run: mlflow ui --backend-store-uri <tracking uri> (see `platform runs`)")
 

@@ -1,29 +1,24 @@
-"""One-process pretraining (no TorchTrainer): the engine of the Ray Train path, for Tune trials and laptops.
-
-``pretrain_local`` writes the checkpoint format of docs/architecture.md into ``out_dir`` every epoch, resumes
-from the last one, and calls ``on_epoch(epoch, metrics)`` after each epoch (a Tune trial reports from it).
+"""Pure helpers of the one training function (:func:`mimlab.runtime.train._train_fn`): the result type, the metric
+sink protocol, the per-epoch k-NN/attention diagnostics and the per-batch class count. No Ray, no MLflow.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from mimlab.errors import UserError
-
 
 @dataclass
 class PretrainResult:
-    """Where the final checkpoint lives and the last epoch's metrics (``knn_top1``, ``knn_top1_init``, losses)."""
+    """The final checkpoint (``checkpoint_dir``: a local folder ``load_model`` reads) and the last epoch's
+    metrics (``knn_top1``, ``knn_top1_init``, losses, ``batch_classes``)."""
 
     checkpoint_dir: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint_uri: str | None = None  # where the store keeps it (``s3://…`` or a folder); a local copy is above
 
 
 class MetricSink(Protocol):
@@ -39,12 +34,6 @@ def resolve_config(cfg: Any):
     from mimlab.config.pretrain import PretrainConfig, load_pretrain_config
 
     return cfg if isinstance(cfg, PretrainConfig) else load_pretrain_config(cfg)
-
-
-def pick_device(cfg) -> torch.device:
-    if cfg.train.use_gpu and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def epoch_diagnostics(parts, monitor, epoch: int, sink: MetricSink | None, every: int) -> dict[str, float]:
@@ -93,85 +82,24 @@ def carry_forward(metrics: dict[str, Any], history: dict[str, Any]) -> dict[str,
     return measured
 
 
-def pretrain_local(cfg: Any, *, data: str | None = None, out_dir: str | os.PathLike,
-                   on_epoch: Callable[[int, dict[str, Any]], None] | None = None, resume: bool = True,
-                   sink: MetricSink | None = None) -> PretrainResult:
-    """Pretrain in this process with the same engine as the Ray Train path.
+class BatchClasses:
+    """Mean number of distinct labels per training batch (``batch_classes``): 1-2 means a class-sorted stream.
 
-    Args:
-        cfg: :class:`~mimlab.config.pretrain.PretrainConfig` (or dict / YAML path).
-        data: training source URL; overrides ``cfg.data.train`` (``None`` in both = embedded dataset).
-        out_dir: local folder for ``checkpoint-EEEE/`` folders and the ``latest`` pointer.
-        on_epoch: ``on_epoch(epoch, metrics)`` after each epoch's checkpoint is written.
-        resume: continue from ``out_dir``'s last checkpoint when there is one.
-        sink: optional metric/image logger (MLflow adapter in :mod:`mimlab.runtime.train`).
-
-    Returns:
-        :class:`PretrainResult` with the last checkpoint folder and the last epoch's metrics.
-
-    Raises:
-        UserError: bad config/data, a checkpoint of another architecture, a diverging loss (the last good
-            checkpoint stays intact and is named).
+    :meth:`see` passes each batch through unchanged; batches with any label < 0 (unlabelled data) are not counted.
     """
-    from mimlab.pretrain.build import IMAGENET_MEAN, IMAGENET_STD, build_parts
-    from mimlab.pretrain.checkpoint import LocalCheckpoints, load_state, restore
-    from mimlab.pretrain.data_local import LocalMultiCrop, load_images
-    from mimlab.pretrain.engine import DivergedLoss, crops_from_columns, train_one_epoch
-    from mimlab.pretrain.monitor import OnlineMonitor
-    from mimlab.pretrain.schedules import Schedules
 
-    cfg = resolve_config(cfg)
-    url = data if data is not None else cfg.data.train
-    device = pick_device(cfg)
-    parts = build_parts(cfg, device)
-    images, labels = load_images(url, "train", cfg.data.limit)
-    loader = LocalMultiCrop(images, labels, cfg)
-    steps = cfg.train.steps_per_epoch or len(loader)
-    schedules = Schedules.from_config(cfg, steps, world_size=1)
-    ckpts = LocalCheckpoints(out_dir)
-    start, history = 0, {}
-    latest = ckpts.latest() if resume else None
-    if latest is not None:
-        state = load_state(latest)
-        start = restore(parts, state, str(latest))
-        history = state.get("history", {})
-    needs_monitor = cfg.eval.knn_every > 0 or (sink is not None and cfg.eval.probe_images > 0)
-    monitor = OnlineMonitor(cfg, url) if needs_monitor else None
-    initial_knn(parts, monitor, history, sink, cfg.eval.knn_every)
-    G, L = cfg.crops.global_crops, cfg.crops.local_crops
-    metrics: dict[str, Any] = dict(history.get("last", {}))
-    checkpoint_dir = str(latest) if latest is not None else ""
-    for epoch in range(start, cfg.optim.epochs):
-        batches = (crops_from_columns(b, G, L, IMAGENET_MEAN, IMAGENET_STD, device) for b in _cycle(loader, epoch))
-        on_step = sink.log_step if sink is not None else None
-        try:
-            metrics = train_one_epoch(parts, batches, epoch, schedules, max_steps=steps, on_step=on_step,
-                                      log_every=cfg.train.log_every)
-        except DivergedLoss as err:
-            where = checkpoint_dir or "none (it diverged in the first epoch)"
-            raise DivergedLoss(f"{err}; run stopped, last good checkpoint: {where}") from None
-        metrics.update(epoch_diagnostics(parts, monitor, epoch, sink, cfg.eval.knn_every))
-        metrics["epoch"] = epoch
-        measured = carry_forward(metrics, history)
-        history["last"] = dict(metrics)
-        checkpoint_dir = ckpts.save(parts, epoch, history)
-        if sink is not None:
-            sink.log_epoch(epoch, measured)
-        if on_epoch is not None:
-            on_epoch(epoch, dict(metrics))
-    if not checkpoint_dir:
-        raise UserError(f"nothing to do: '{out_dir}' already holds a checkpoint of all {cfg.optim.epochs} epochs")
-    return PretrainResult(str(Path(checkpoint_dir)), metrics)
+    def __init__(self) -> None:
+        self.counts: list[int] = []
 
+    def see(self, batch: dict[str, Any]) -> dict[str, Any]:
+        labels = batch.get("label")
+        if labels is not None:
+            labels = torch.as_tensor(labels).reshape(-1)  # [B]
+            if labels.numel() and bool((labels >= 0).all()):
+                self.counts.append(int(torch.unique(labels).numel()))
+        return batch
 
-def _cycle(loader, epoch: int):
-    """Batches of ``epoch``; when ``steps_per_epoch`` exceeds one pass, continue with fresh shuffles."""
-    sub = 0
-    while True:
-        empty = True
-        for batch in loader.epoch(epoch * 1000 + sub):
-            empty = False
-            yield batch
-        if empty:
-            return
-        sub += 1
+    def mean(self, steps: int | None = None) -> float | None:
+        """Mean over the first ``steps`` batches (the engine may pull one batch past its last step)."""
+        counts = self.counts[:steps] if steps is not None else self.counts
+        return float(np.mean(counts)) if counts else None

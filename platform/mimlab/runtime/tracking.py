@@ -20,6 +20,9 @@ def tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{Path('mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # sqlite:///relative.db is relative to the caller's folder, not to a Ray worker's
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         parent = db.parent if str(db.parent) else Path(".")
@@ -28,6 +31,31 @@ def tracking_uri(uri: str | None = None) -> str:
         if not os.access(parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise UserError(f"MLflow store '{uri}' is not writable")
     return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """``<db folder>/mlruns`` for a SQLite store (never the working folder of whichever process creates the
+    experiment: in a Ray worker that is a Ray temp folder); ``None`` (the server's default) otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (artifact root from :func:`artifact_root`) when missing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except Exception:  # noqa: BLE001 - created meanwhile by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def ui_command(uri: str | None = None) -> str:
@@ -42,9 +70,11 @@ def setup(uri: str | None = None, experiment: str = "mimlab") -> str:
     from mimlab.runtime.ray_env import apply_default_env
 
     apply_default_env()
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    exp = mlflow.set_experiment(experiment)
-    return exp.experiment_id
+    resolved = tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    exp_id = ensure_experiment(resolved, experiment)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
 
 
 @contextlib.contextmanager
@@ -56,11 +86,17 @@ def run(
     parent_run_id: str | None = None,
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Open an MLflow run (nested under ``parent_run_id`` when given, from any process) and log params."""
+    """Open an MLflow run (nested under ``parent_run_id`` when given, from any process) and log params;
+    ``run_id`` continues that run instead (its params are already logged). An exception ends the run FAILED."""
     import mlflow
 
     setup(uri, experiment)
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as active:
+            yield active
+        return
     with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=tags or {}) as active:
         if params:
             log_params(params)

@@ -1,7 +1,9 @@
 """One Ray Tune trial of a sweep: pretrain one sweep point at one seed, evaluate it, log a nested MLflow child run.
 
-:func:`run_trial` is the Tune function trainable; :func:`pretrain_and_evaluate` is the default trial body (pretrain
-with :func:`mimlab.pretrain.loop.pretrain_local` or a Train-in-Tune TorchTrainer, then k-NN and the linear probe).
+:func:`run_trial` is the Tune function trainable; :func:`pretrain_and_evaluate` is the default trial body: pretrain
+with the one train function of :mod:`mimlab.runtime.train` (in the trial's process, or on a Train-in-Tune
+TorchTrainer of ``workers_per_trial`` workers), then k-NN and the linear probe. Either way every epoch's checkpoint
+goes to the sweep's storage and a resumed sweep continues the trial from it, in the same MLflow child run.
 The sweep driver is :mod:`mimlab.runtime.tune`; the results table is :mod:`mimlab.runtime.sweep_results`.
 """
 
@@ -42,6 +44,7 @@ class TrialContext:
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
     storage_path: str | None = None
+    sweep_id: str = ""
     body: TrialBody | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,6 +58,7 @@ class TrialRun:
     seed: int
     out_dir: Path
     report: Callable[[int, dict[str, Any]], None]
+    run_id: str = ""
 
 
 def trial_key(point: int, seed: int) -> str:
@@ -92,8 +96,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     params = {"sweep": {"label": point.label, "point": point.index, "seed": seed,
                         **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in point.overrides.items()}},
               **cfg.resolved()}
+    previous = _open_child(ctx, key)   # a resumed sweep continues the interrupted trial's child run
     with tracking.run(f"{point.label} · seed {seed}", uri=ctx.tracking_uri, experiment=ctx.mlflow_experiment,
-                      parent_run_id=ctx.parent_run_id, params=params, tags=tags):
+                      parent_run_id=ctx.parent_run_id, params=params, tags=tags, run_id=previous) as active:
 
         def report(epoch: int, metrics: dict[str, Any]) -> None:
             flat = _numeric(metrics)
@@ -102,7 +107,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tune.report({**flat, "epoch": int(epoch), "phase": "pretrain"})
 
         body = ctx.body or pretrain_and_evaluate
-        final = _numeric(body(cfg, TrialRun(ctx, point, seed, out_dir, report)))
+        try:
+            final = _numeric(body(cfg, TrialRun(ctx, point, seed, out_dir, report, active.info.run_id)))
+        except (SystemExit, KeyboardInterrupt):   # Tune stopping the trial: a resumed sweep continues this run
+            raise
+        except BaseException as err:   # the run ends FAILED (the context manager); say why
+            mlflow.set_tag("mimlab.error", f"{type(err).__name__}: {err}"[:5000])
+            raise
         mlflow.log_metrics(final)
         mlflow.log_dict({"label": point.label, "seed": seed, "overrides": point.overrides, "metrics": final},
                         "trial_result.json")
@@ -110,42 +121,58 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tune.report({**final, "phase": "done"})
 
 
+def _open_child(ctx: TrialContext, key: str) -> str | None:
+    """The child run of trial ``key`` left unfinished by an interrupted sweep (its driver killed or stopped), if
+    any. Tune re-runs only unfinished trials on ``--resume`` (never errored ones), so such a run is never a failure
+    to keep apart."""
+    from mimlab.runtime.sweep_results import client_for
+
+    client = client_for(ctx.tracking_uri)
+    parent = client.get_run(ctx.parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and "
+                                            f"tags.`mimlab.trial_key` = '{key}'")
+    open_runs = sorted((r for r in runs if r.info.status != "FINISHED"), key=lambda r: r.info.start_time)
+    return open_runs[-1].info.run_id if open_runs else None
+
+
 # ----------------------------------------------------------------------------------------- the real trial body
-def _pick_top1(result: dict[str, Any], ks: list[int]) -> tuple[float | None, dict[str, float]]:
-    """Pull top-1 per k out of ``run_knn``'s result; the headline is k = 20 (DINO/iBOT convention) when present."""
-    flat = _numeric(result)
-    per_k: dict[str, float] = {}
-    for k in ks:
-        for cand in (f"top1.{k}", f"k{k}.top1", f"{k}.top1", f"top1_k{k}", f"knn_top1_k{k}", f"results.{k}.top1"):
-            if cand in flat:
-                per_k[f"knn_top1_k{k}"] = flat[cand]
-                break
-        for cand in (f"top5.{k}", f"k{k}.top5", f"{k}.top5", f"top5_k{k}", f"results.{k}.top5"):
-            if cand in flat:
-                per_k[f"knn_top5_k{k}"] = flat[cand]
-                break
-    head = per_k.get("knn_top1_k20") or (per_k.get(f"knn_top1_k{ks[0]}") if ks else None)
-    if head is None:
-        head = flat.get("top1") or flat.get("knn_top1")
-    return head, per_k
+def knn_figures(result: dict[str, Any], ks: list[int]) -> tuple[float, dict[str, float]]:
+    """Top-1/top-5 per k from ``run_knn``'s ``metrics`` (``knn_top1_k{k}``); the headline is k = 20 (the DINO/iBOT
+    convention) when swept, else the first k."""
+    metrics = result["metrics"]
+    per_k = {f"knn_{m}_k{k}": float(metrics[f"knn_{m}_k{k}"]) for k in ks for m in ("top1", "top5")}
+    head = 20 if 20 in ks else ks[0]
+    return per_k[f"knn_top1_k{head}"], per_k
 
 
 def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
-    """Pretrain (plain process or Train-in-Tune), then k-NN and the linear probe on the trial's checkpoint."""
+    """Pretrain (this process, or Train-in-Tune), then k-NN and the linear probe on the trial's checkpoint."""
+    import mlflow
+
     ev = run.ctx.evaluation
+    key = trial_key(run.point.index, run.seed)
     if run.ctx.workers_per_trial > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
         from mimlab.runtime.train import run_pretrain
 
-        result = run_pretrain(cfg, data=run.ctx.data_train, name=f"{run.ctx.sweep}-{trial_key(run.point.index, run.seed)}",
-                              storage_path=run.ctx.storage_path, workers=run.ctx.workers_per_trial,
-                              gpus_per_worker=run.ctx.gpus_per_trial or None, tracking_uri=run.ctx.tracking_uri,
-                              experiment=f"{run.ctx.mlflow_experiment}-pretrain")
+        # unique per sweep (its id holds the experiment, profile and start time), point and seed: Train resumes by
+        # name, so a resumed sweep continues this trial's run and no other sweep ever picks it up
+        result = run_pretrain(cfg, data=run.ctx.data_train, name=f"{run.ctx.sweep_id}-{key}",
+                              storage_path=f"{run.ctx.storage_path.rstrip('/')}/{run.ctx.sweep_id}/train",
+                              workers=run.ctx.workers_per_trial, gpus_per_worker=run.ctx.gpus_per_trial or None,
+                              tracking_uri=run.ctx.tracking_uri, experiment=run.ctx.mlflow_experiment,
+                              mlflow_run_id=run.run_id, callbacks=[TuneReportCallback()])
     else:
-        from mimlab.pretrain.loop import pretrain_local
+        from mimlab.runtime.train import run_in_trial
 
-        result = pretrain_local(cfg, data=run.ctx.data_train, out_dir=str(run.out_dir / "checkpoint"),
-                                on_epoch=run.report)
+        result = run_in_trial(cfg, data=run.ctx.data_train, local_dir=str(run.out_dir),
+                              tracking_uri=run.ctx.tracking_uri, experiment=run.ctx.mlflow_experiment,
+                              run_id=run.run_id, name=key)
     metrics: dict[str, float] = {f"pretrain.{k}": v for k, v in _numeric(result.metrics).items()}
+    if result.checkpoint_uri:
+        mlflow.set_tag("mimlab.checkpoint", result.checkpoint_uri)
     _log_checkpoint(result.checkpoint_dir)
 
     from mimlab.evaluation.api import run_knn, run_linear
@@ -154,27 +181,17 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
     knn = run_knn(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
                   temperature=float(ev["knn_temperature"]), limit=ev.get("train_limit"), log_mlflow=False,
                   workers=0, batch_size=ev["batch_size"], **_val_limit(run_knn, ev))
-    head, per_k = _pick_top1(knn, ks)
+    metrics["knn_top1"], per_k = knn_figures(knn, ks)
     metrics.update(per_k)
-    if head is not None:
-        metrics["knn_top1"] = head
     if ev.get("linear", True):
         lin = run_linear(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
                          base_lr=float(ev.get("linear_lr", 0.003)),
                          limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
                          seed=run.seed, **_val_limit(run_linear, ev))
-        flat = _numeric(lin)
-        best = next((flat[c] for c in ("best_top1", "best.top1", "top1", "final_top1") if c in flat), None)
-        if best is not None:
-            metrics["linear_top1"] = best
-        curve = next((v for k, v in lin.items() if k in ("curve", "top1_curve", "val_top1") and isinstance(v, list)),
-                     None)
-        if curve:
-            import mlflow
-
-            for epoch, value in enumerate(curve):
-                mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
+        metrics["linear_top1"] = float(lin["best_top1"])
+        for epoch, value in enumerate(lin["curve"]):
+            mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
     return metrics
 
 

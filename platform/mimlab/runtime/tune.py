@@ -1,14 +1,17 @@
 """Ray Tune sweeps over the thesis experiments, with one MLflow parent run per sweep and a child run per trial.
 
 Design (ecosystem-notes §1c/§1d): every trial is a plain Tune *function* trainable (one GPU each when GPUs are
-used) that pretrains with :func:`mimlab.pretrain.loop.pretrain_local`, reports per epoch with ``tune.report`` and then
-evaluates k-NN and the linear probe in-process. A multi-GPU Train-in-Tune mode (``workers_per_trial > 1``) runs a
-TorchTrainer from inside the trial; no early-stopping scheduler is ever used (ASHA + Train-in-Tune deadlocks, ray#54305).
+used) that pretrains with the one train function of :mod:`mimlab.runtime.train` over the Ray Data stream (in the
+trial's process, checkpoints through ``tune.report`` into the sweep's storage), then evaluates k-NN and the linear
+probe in-process. A multi-worker Train-in-Tune mode (``workers_per_trial > 1``) runs the same function on a
+TorchTrainer from inside the trial (checkpoints in Train storage under the sweep's folder, epochs forwarded to Tune);
+no early-stopping scheduler is ever used (ASHA + Train-in-Tune deadlocks, ray#54305).
 Failed trials are recorded (Tune ERROR, MLflow FAILED) and the sweep goes on (``max_failures=0``); an interrupted sweep
 resumes with ``Tuner.restore`` without re-running finished trials.
 
 Order of work in :func:`run_sweep` — every user mistake fails before a trial starts: experiment/profile/sweep keys
-(validated on load) → data URL → MLflow store → Ray address → ``mlflow server`` (SQLite only) → parent run → Tune.
+(validated on load) → data URL → MLflow store → Ray address → resume: same experiment config → Ray → resources
+(GPUs, CPUs, workers) → ``mlflow server`` (SQLite only) → parent run → Tune. Relative paths are made absolute first.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def resolve_data(url: str | None) -> tuple[str | None, str | None]:
     """
     if url is None:
         return None, None
+    from mimlab.runtime.train import local_path
+
+    url = local_path(url)
     try:
         from mimlab.data.fs import resolve
     except ImportError:  # pragma: no cover - the data family is always present in a full install
@@ -94,6 +100,68 @@ def check_tracking(uri: str | None) -> str:
     if resolved.startswith(("http://", "https://")) and not healthy(resolved.rstrip("/"), timeout=5):
         raise UserError(f"MLflow tracking server '{resolved}' is unreachable (GET /health failed)")
     return resolved
+
+
+def check_sweep_resources(cpus: float, gpus: float, workers: int) -> None:
+    """Fail before any trial when the Ray cluster cannot hold one trial (Tune would wait for it forever).
+
+    Raises:
+        UserError: naming what one trial asks for and what the cluster has.
+    """
+    import ray
+
+    from mimlab.runtime.train import check_resources
+
+    if workers > 1:
+        check_resources(workers, gpus > 0, gpus, what="--workers-per-trial")
+        return
+    have = ray.cluster_resources()
+    total_gpus = float(have.get("GPU", 0.0))
+    if gpus > total_gpus:
+        raise UserError(f"asked for {gpus:g} GPU(s) per trial (--gpus-per-trial / the profile); the Ray cluster "
+                        f"has {total_gpus:g} GPU(s) — use --gpus-per-trial 0 on a CPU cluster")
+    largest = max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if cpus > largest:
+        raise UserError(f"asked for {cpus:g} CPU(s) per trial (--cpus-per-trial / the profile); the largest node "
+                        f"of the Ray cluster has {largest:g} CPU(s) (cluster total {float(have.get('CPU', 0)):g})")
+
+
+def _trial_cpus(cpus: float, concurrent: int | None, trials: int, streams: bool) -> float:
+    """The CPUs a 1-worker trial reserves. A real trial (``streams``) reads its batches from Ray Data tasks that
+    need a CPU of their own: when the concurrent trials would hold every CPU, each reserves less, leaving one free
+    (the trials still use all cores through torch threads)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    n = min(concurrent or trials, trials)
+    if not streams or n * cpus <= total - 1:
+        return cpus
+    return max(0.1, min(cpus, round((total - 1.0) / n, 2)))
+
+
+def _fingerprint(exp: Experiment, seeds: int, data_train: str | None, data_val: str | None) -> dict[str, Any]:
+    """What a sweep computes: every point's resolved config and label, the evaluation, the seeds, the data."""
+    return {"points": {p.label: p.config for p in exp.points}, "evaluation": exp.evaluation.model_dump(),
+            "seeds": seeds, "data": {"train": data_train, "val": data_val}}
+
+
+def _check_same_sweep(previous: dict[str, Any], now: dict[str, Any], sweep_dir: str, exp: Experiment) -> None:
+    """``--resume`` after the experiment YAML (or seeds, data) changed would mix two sweeps in one table.
+
+    Raises:
+        UserError: naming the differing keys and how to start afresh.
+    """
+    from mimlab.runtime.train import config_changes
+
+    saved = previous.get("config")
+    if saved is None:
+        return
+    changed = config_changes(saved, json.loads(json.dumps(now)))
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise UserError(f"cannot resume {sweep_dir}: the experiment '{exp.name}' (profile '{exp.profile_name}') "
+                        f"changed since it started (differs in: {shown}); run it without --resume to start a new "
+                        f"sweep, or restore the old YAML")
 
 
 # ------------------------------------------------------------------------------------------------- the sweep run
@@ -192,6 +260,9 @@ def run_sweep(
     from mimlab.runtime.ray_env import apply_default_env, ensure_ray
 
     apply_default_env()
+    # Tune writes its experiment state every 10 s by default: a driver killed in between loses the trials' last
+    # checkpoints on resume. The state is small; write it every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the legacy reporter honours verbose=0; we print our own lines
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if seeds < 1:
@@ -225,6 +296,7 @@ def run_sweep(
             raise UserError(f"nothing to resume: no sweep of '{exp.name}' (profile '{exp.profile_name}') "
                             f"under {root}")
         previous = _read_sweep_file(sweep_dir)
+        _check_same_sweep(previous, _fingerprint(exp, seeds, data_train, data_val), sweep_dir, exp)
     else:
         sweep_dir = f"{root.rstrip('/')}/{prefix}{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
@@ -234,6 +306,7 @@ def run_sweep(
         server.start()   # starts in the background (~12 s on 2 cores) while Ray comes up
     try:
         ensure_ray(address)
+        check_sweep_resources(cpus, gpus, workers_per_trial)
         echo(f"ray ready ({time.monotonic() - t0:.0f} s)")
         trial_uri = server.wait() if server is not None else uri
         if server is not None:
@@ -243,12 +316,13 @@ def run_sweep(
         parent_id, mlflow_exp = open_parent(exp, trial_uri, sweep_dir, seeds, previous)
         _write_sweep_file(sweep_dir, {"experiment": exp.name, "profile": exp.profile_name, "seeds": seeds,
                                       "parent_run_id": parent_id, "mlflow_experiment": mlflow_exp,
-                                      "tracking_uri": uri, "data": data})
+                                      "tracking_uri": uri, "data": data,
+                                      "config": _fingerprint(exp, seeds, data_train, data_val)})
         ctx = TrialContext(sweep=exp.name, profile=exp.profile_name, points=exp.points,
                            evaluation=exp.evaluation.model_dump(), tracking_uri=trial_uri,
                            mlflow_experiment=mlflow_exp, parent_run_id=parent_id, data_train=data_train,
                            data_val=data_val, gpus_per_trial=gpus, workers_per_trial=workers_per_trial,
-                           storage_path=root, body=body)
+                           storage_path=root, sweep_id=sweep_dir.rstrip("/").rsplit("/", 1)[-1], body=body)
         echo(f"sweep {exp.name} [{exp.profile_name}]: {len(exp.points)} points x {seeds} seed(s) = "
              f"{len(exp.points) * seeds} trials, {cpus:g} CPU / {gpus:g} GPU each"
              f"{f', at most {concurrent} at once' if concurrent else ''}; MLflow parent run {parent_id}")
@@ -272,9 +346,10 @@ def _fit(exp: Experiment, ctx: TrialContext, sweep_dir: str, *, seeds: int, cpus
     from ray import tune
 
     if workers > 1:  # Train-in-Tune: the trial only drives a TorchTrainer that reserves the workers itself
-        resources: dict[str, float] = {"CPU": 1}
+        resources: dict[str, float] = {"CPU": 0.1}
     else:
-        resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+        resources = {"CPU": _trial_cpus(cpus, concurrent, len(exp.points) * seeds, ctx.body is None),
+                     **({"GPU": gpus} if gpus > 0 else {})}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     progress = _Progress(exp, ctx, seeds, echo)
     run_config = tune.RunConfig(
@@ -334,7 +409,8 @@ def _progress_class() -> type:
             return time.strftime("%M:%S", time.gmtime(time.monotonic() - self.start))
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if result.get("phase") == "pretrain":
+            # in-process trials say phase "pretrain"; Train-in-Tune epochs come through TuneReportCallback bare
+            if result.get("phase", "pretrain" if "epoch" in result else None) == "pretrain":
                 loss = next((result[k] for k in ("loss", "train_loss", "loss_total") if k in result), None)
                 extra = f" loss {loss:.3f}" if isinstance(loss, float) else ""
                 self.echo(f"  {self._clock()} {self._label(trial)}: epoch {result.get('epoch')}{extra}")
