@@ -8,21 +8,7 @@ from mimlab.evaluation.api import run_knn
 from mimlab.models.checkpoints import read_checkpoint
 from mimlab.pretrain.build import build_parts
 from mimlab.pretrain.checkpoint import save_checkpoint
-from mimlab.pretrain.loop import pretrain_local
-
-
-class Sink:
-    def __init__(self):
-        self.epochs = []
-
-    def log_step(self, step, metrics):
-        pass
-
-    def log_epoch(self, epoch, metrics):
-        self.epochs.append((epoch, dict(metrics)))
-
-    def log_image(self, key, image, step):
-        pass
+from mimlab.runtime.train import run_pretrain
 
 
 def _checkpoint(cfg, folder):
@@ -31,22 +17,20 @@ def _checkpoint(cfg, folder):
 
 
 def _eval_knn(folder, data) -> float:
-    # `eval knn` with the monitor's settings: the first 100 train images as the bank, the first 100 val images
-    # (here all 50) as queries, k=5, T=0.07, the checkpoint's 16 px eval transform
-    res = run_knn(str(folder), train=data, val=data, ks=(5,), limit=100, log_mlflow=False, workers=0)
+    # `eval knn` with the monitor's settings: every train image (150) as the bank, every val image (50) as queries
+    # (the monitor samples knn_train_limit=150 / knn_val_limit=100 rows: all of them), k=5, T=0.07, 16 px eval view
+    res = run_knn(str(folder), train=data, val=data, ks=(5,), log_mlflow=False, workers=0)
     return res["results"]["5"]["top1"]
 
 
 def test_first_online_knn_of_a_continued_run_equals_eval_knn_of_its_checkpoint(micro_cfg, tmp_path, capsys,
-                                                                                small_data):
+                                                                                small_data, mlflow_uri):
     src = _checkpoint(micro_cfg("train.seed=3"), tmp_path / "src")
     untrained = _checkpoint(micro_cfg(), tmp_path / "untrained")  # what the same run starts from without init
-    sink = Sink()
-    cfg = micro_cfg("eval.knn_every=1", "train.steps_per_epoch=1", f"model.init={src}")
-    cont = pretrain_local(cfg, data=small_data, out_dir=tmp_path / "cont", sink=sink)
+    cfg = micro_cfg("eval.knn_every=1", "eval.knn_train_limit=150", "train.steps_per_epoch=1", f"model.init={src}")
+    cont = run_pretrain(cfg, data=small_data, name="cont", storage_path=str(tmp_path / "runs"), workers=0)
     assert "init: backbone and iBOT head from the teacher" in capsys.readouterr().err
     evaluated = _eval_knn(src, small_data)
-    assert sink.epochs[0] == (-1, {"knn_top1": evaluated})
     assert cont.metrics["knn_top1_init"] == evaluated
     assert _eval_knn(untrained, small_data) != evaluated
 
