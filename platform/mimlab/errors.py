@@ -31,3 +31,21 @@ def unknown(kind: str, word: str, choices: Iterable[str]) -> UserError:
     """Build the standard 'unknown X' error listing the valid choices and suggesting the nearest."""
     choices = sorted(choices)
     return UserError(f"unknown {kind} '{word}'{did_you_mean(word, choices)}; valid: {', '.join(choices)}")
+
+
+def check_range(option: str, value: float | None, *, at_least: float | None = None,
+                above: float | None = None) -> None:
+    """Refuse an option value out of range (``None`` = not given, always fine).
+
+    Args:
+        option: the option as the user typed it (``--limit``) or a config key.
+        value: the given value.
+        at_least: smallest allowed value (``value >= at_least``).
+        above: exclusive lower bound (``value > above``); also refuses NaN and infinity.
+    """
+    if value is None:
+        return
+    if at_least is not None and not value >= at_least:
+        raise UserError(f"{option} must be >= {at_least:g}, got {value:g}")
+    if above is not None and not (value > above and value != float("inf")):
+        raise UserError(f"{option} must be a finite number > {above:g}, got {value:g}")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
 
 data_app = typer.Typer(help="Image shards: the embedded synthetic dataset, ImageFolder → shards, shard info.",
                        no_args_is_help=True)
@@ -66,6 +67,8 @@ def info(
 ) -> None:
     """Counts, classes, image sizes and bytes of a shard dataset."""
     from mimlab.data.info import dataset_info, format_info
+
+    check_range("--sample", sample, at_least=0)
 
     summary = dataset_info(url, sample=sample or None)
     typer.echo(json.dumps(summary, indent=1) if as_json else format_info(summary))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
 
 evaluate_app = typer.Typer(
     help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies.",
@@ -64,6 +65,11 @@ def saliency(
     from mimlab.metrics import split_metric_list
     from mimlab.runtime.saliency import evaluate_saliency, format_table
 
+    check_range("--limit", limit, at_least=1)
+    check_range("--workers", workers, at_least=0)
+    check_range("--batch-size", batch_size, at_least=1)
+    check_range("--img-size", img_size, at_least=1)
+
     result = evaluate_saliency(
         model=model,
         weights=weights,
@@ -102,6 +108,9 @@ def study(
     """Run a (model × method) grid: one MLflow parent run, a child run per pair; print the combined table."""
     from mimlab.metrics.study import load_study
     from mimlab.runtime.saliency import run_study
+
+    check_range("--limit", limit, at_least=1)
+    check_range("--workers", workers, at_least=0)
 
     cfg = load_study(file, param or [], limit=limit)
     result = run_study(cfg, workers=workers, out=out, tracking_uri=tracking_uri, experiment=experiment)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
 
 
 @user_errors
@@ -37,6 +38,8 @@ def explain(
     tibav [start]. Attention methods and tibav need a ViT.
     """
     from mimlab.explain.run import explain_images
+
+    check_range("--img-size", img_size, at_least=1)
 
     explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,
                    img_size=img_size, target=target, out=out, save_maps=save_maps, mean=mean, std=std,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import echo_err, user_errors
+from mimlab.errors import UserError, check_range
 
 
 @user_errors
@@ -26,10 +27,16 @@ def pretrain(
     from mimlab.config.pretrain import load_pretrain_config
     from mimlab.runtime.train import run_pretrain
 
+    check_range("--workers", workers, at_least=0)
+    check_range("--epochs", epochs, at_least=1)
+    check_range("--gpus-per-worker", gpus_per_worker, at_least=0)
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")
     cfg = load_pretrain_config(experiment, overrides)
+    if cfg.train.use_gpu and gpus_per_worker == 0:
+        raise UserError("--gpus-per-worker 0 with train.use_gpu=true: GPU training needs a GPU count > 0 "
+                        "(or set train.use_gpu=false)")
     result = run_pretrain(cfg, data=data, name=name or experiment.stem, storage_path=storage_path, workers=workers,
                           gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
 
 tune_app = typer.Typer(help="Run a sweep from experiments/ (e.g. `platform tune masking-layers`) with Ray Tune.",
                        invoke_without_command=True,
@@ -39,6 +40,11 @@ def tune(
     """Sweep experiment NAME on Ray Tune; each trial pretrains then evaluates k-NN and the linear probe."""
     from mimlab.config.experiment import list_experiments, load_profiles
 
+    check_range("--seeds", seeds, at_least=1)
+    check_range("--max-concurrent", max_concurrent, at_least=1)
+    check_range("--gpus-per-trial", gpus_per_trial, at_least=0)
+    check_range("--cpus-per-trial", cpus_per_trial, above=0)
+    check_range("--workers-per-trial", workers_per_trial, at_least=1)
     if name is None:
         profiles = ", ".join(load_profiles())
         typer.echo("experiments: " + ", ".join(list_experiments()) + f"\nprofiles: {profiles}\n"

@@ -165,6 +165,10 @@ class PretrainConfig(_Section):
             )
         if isinstance(strategy, list) and not strategy:
             raise ValueError("masking.strategy is an empty list")
+        patch = self.model.kwargs.get("patch_size")
+        if isinstance(patch, int) and self.crops.global_size < patch:
+            raise ValueError(f"crops.global_size {self.crops.global_size} is smaller than one patch "
+                             f"(model.kwargs.patch_size {patch})")
         return self
 
     def resolved(self) -> dict[str, Any]:
