@@ -9,6 +9,7 @@ import typer
 
 from mimlab.cli.common import user_errors
 from mimlab.errors import check_range
+from mimlab.urls import check_tracking_uri
 
 evaluate_app = typer.Typer(
     help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies.",
@@ -69,6 +70,7 @@ def saliency(
     check_range("--workers", workers, at_least=0)
     check_range("--batch-size", batch_size, at_least=1)
     check_range("--img-size", img_size, at_least=1)
+    check_tracking_uri(tracking_uri)
 
     result = evaluate_saliency(
         model=model,
@@ -111,6 +113,7 @@ def study(
 
     check_range("--limit", limit, at_least=1)
     check_range("--workers", workers, at_least=0)
+    check_tracking_uri(tracking_uri)
 
     cfg = load_study(file, param or [], limit=limit)
     result = run_study(cfg, workers=workers, out=out, tracking_uri=tracking_uri, experiment=experiment)

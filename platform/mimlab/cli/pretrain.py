@@ -9,6 +9,7 @@ import typer
 
 from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import UserError, check_range
+from mimlab.urls import check_tracking_uri
 
 
 @user_errors
@@ -30,6 +31,7 @@ def pretrain(
     check_range("--workers", workers, at_least=0)
     check_range("--epochs", epochs, at_least=1)
     check_range("--gpus-per-worker", gpus_per_worker, at_least=0)
+    check_tracking_uri(tracking_uri)
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")

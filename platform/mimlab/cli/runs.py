@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.urls import check_tracking_uri
 
 runs_app = typer.Typer(help="Compare sweep results stored in MLflow.", no_args_is_help=True)
 
@@ -20,6 +21,8 @@ def compare(
 ) -> None:
     """Print the results table (mean ± std over seeds) of the latest sweep NAME from the tracking store."""
     from mimlab.runtime.sweep_results import compare as compare_sweep
+
+    check_tracking_uri(tracking_uri)
 
     parent, table = compare_sweep(name=name, tracking_uri=tracking_uri, run_id=run_id)
     typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) — mean ± std over seeds "

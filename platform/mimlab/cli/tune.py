@@ -8,6 +8,7 @@ import typer
 
 from mimlab.cli.common import user_errors
 from mimlab.errors import check_range
+from mimlab.urls import check_ray_address, check_tracking_uri
 
 tune_app = typer.Typer(help="Run a sweep from experiments/ (e.g. `platform tune masking-layers`) with Ray Tune.",
                        invoke_without_command=True,
@@ -45,6 +46,8 @@ def tune(
     check_range("--gpus-per-trial", gpus_per_trial, at_least=0)
     check_range("--cpus-per-trial", cpus_per_trial, above=0)
     check_range("--workers-per-trial", workers_per_trial, at_least=1)
+    check_tracking_uri(tracking_uri)
+    check_ray_address(address)
     if name is None:
         profiles = ", ".join(load_profiles())
         typer.echo("experiments: " + ", ".join(list_experiments()) + f"\nprofiles: {profiles}\n"

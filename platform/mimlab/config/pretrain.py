@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mimlab.errors import UserError, did_you_mean
+from mimlab.errors import UserError, did_you_mean, read_text_file
 
 
 class _Section(BaseModel):
@@ -252,7 +252,7 @@ def load_pretrain_config(path_or_dict: str | Path | dict[str, Any] | PretrainCon
         if not path.is_file():
             raise UserError(f"experiment file '{path}' does not exist")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(read_text_file(path, "experiment file")) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):
