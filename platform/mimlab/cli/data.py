@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mimlab.cli.common import user_errors
+from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import check_range
 
 data_app = typer.Typer(help="Image shards: the embedded synthetic dataset, ImageFolder → shards, shard info.",
@@ -56,6 +56,9 @@ def shard(
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     typer.echo(f"{summary['images']} images, {len(summary['classes'])} classes → {summary['shards']} shards in "
                f"{summary['out']} ({summary['written']} written, {summary['skipped']} already complete)")
+    bad = summary["bad_images"]
+    if bad:
+        echo_err(f"skipped {len(bad)} undecodable image(s): " + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
 
 
 @data_app.command()
