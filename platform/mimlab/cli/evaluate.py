@@ -9,6 +9,7 @@ import typer
 
 from mimlab.cli.common import user_errors
 from mimlab.errors import check_range
+from mimlab.outputs import SALIENCY_OUTPUTS, STUDY_OUTPUTS, check_out_folder
 from mimlab.urls import check_tracking_uri
 
 evaluate_app = typer.Typer(
@@ -71,6 +72,7 @@ def saliency(
     check_range("--batch-size", batch_size, at_least=1)
     check_range("--img-size", img_size, at_least=1)
     check_tracking_uri(tracking_uri)
+    check_out_folder(out, SALIENCY_OUTPUTS)
 
     result = evaluate_saliency(
         model=model,
@@ -114,6 +116,7 @@ def study(
     check_range("--limit", limit, at_least=1)
     check_range("--workers", workers, at_least=0)
     check_tracking_uri(tracking_uri)
+    check_out_folder(out, STUDY_OUTPUTS)
 
     cfg = load_study(file, param or [], limit=limit)
     result = run_study(cfg, workers=workers, out=out, tracking_uri=tracking_uri, experiment=experiment)

@@ -9,6 +9,7 @@ import typer
 
 from mimlab.cli.common import user_errors
 from mimlab.errors import check_range
+from mimlab.outputs import EXPLAIN_OUTPUTS, check_out_file, check_out_folder
 
 
 @user_errors
@@ -40,6 +41,8 @@ def explain(
     from mimlab.explain.run import explain_images
 
     check_range("--img-size", img_size, at_least=1)
+    check_out_folder(out, EXPLAIN_OUTPUTS, patterns=["*__*.png"])
+    check_out_file(save_maps, "--save-maps")
 
     explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,
                    img_size=img_size, target=target, out=out, save_maps=save_maps, mean=mean, std=std,

@@ -8,6 +8,7 @@ import typer
 
 from mimlab.cli.common import user_errors
 from mimlab.errors import UserError, check_range
+from mimlab.outputs import KNN_OUTPUTS, LINEAR_OUTPUTS, check_out_folder
 from mimlab.urls import check_tracking_uri
 
 eval_app = typer.Typer(help="Evaluate representations: k-NN and linear probe.", no_args_is_help=True)
@@ -67,6 +68,7 @@ def knn(
     _check_common(limit, workers, batch_size)
     check_range("--temperature", temperature, above=0)
     check_tracking_uri(tracking_uri)
+    check_out_folder(out, KNN_OUTPUTS)
 
     result = run_knn(model, weights=weights, student=student, train=train, val=val, ks=parse_ks(k),
                      temperature=temperature, limit=limit, out=out, log_mlflow=not no_mlflow, batch_size=batch_size,
@@ -104,6 +106,7 @@ def linear(
     check_range("--epochs", epochs, at_least=1)
     check_range("--lr", lr, above=0)
     check_tracking_uri(tracking_uri)
+    check_out_folder(out, LINEAR_OUTPUTS)
 
     result = run_linear(model, weights=weights, student=student, train=train, val=val, epochs=epochs, reach=reach,
                         cached_features=cached_features, base_lr=lr, batch_size=batch_size, limit=limit, out=out,
