@@ -53,6 +53,7 @@ def tune(
         typer.echo("experiments: " + ", ".join(list_experiments()) + f"\nprofiles: {profiles}\n"
                    "run: platform tune NAME [--profile P] [--data URL] [--seeds S] [--resume]")
         return
+    _check_data(data)
     from mimlab.runtime.tracking import ui_command
     from mimlab.runtime.tune import run_sweep
 
@@ -72,3 +73,22 @@ def tune(
     typer.echo(f"  then open http://127.0.0.1:5000, experiment 'tune-{result.name}', expand parent run "
                f"{result.parent_run_id[:8]}…, tick its child runs and press Compare")
     typer.echo(f"  or: platform runs compare {result.name}")
+
+
+def _check_data(data: str | None) -> None:
+    """Check the dataset's train/ and val/ shards (columns, types, labels for the evaluation) before Ray starts."""
+    if data is None:
+        return
+    import pyarrow.parquet as pq
+
+    from mimlab.data.pipeline import shard_files
+    from mimlab.errors import UserError
+
+    for split in ("train", "val"):
+        fs, files = shard_files(data, split)
+        for f in files:
+            with fs.open(f, "rb") as handle:
+                column = pq.read_table(handle, columns=["label"]).column("label")
+            if column.null_count:
+                raise UserError(f"--data '{data}': shard '{f}' has images without labels; the sweep's k-NN and "
+                                "linear evaluation need labelled train/ and val/ shards")
