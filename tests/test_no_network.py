@@ -98,4 +98,9 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
     _run(["explain", image, "-m", ckpt, "--method", "raw", "--out", tmp_path / "ex"], env, tmp_path)
     assert (tmp_path / "ex" / "grid.png").is_file()
     _run(["tune", "tiny-sweep", "--storage-path", tmp_path / "tune"], env, tmp_path, timeout=400)
-    assert not log.exists(), log.read_text()
+    # Every command succeeded with the network refused. The only attempts allowed are Ray's cloud-provider probe of
+    # the link-local instance-metadata address (ray/_common/usage/usage_lib.get_cloud_from_metadata_requests; it
+    # tolerates the refusal); any other non-loopback address is a regression.
+    attempts = log.read_text().splitlines() if log.exists() else []
+    others = [a for a in attempts if "'169.254.169.254'" not in a]
+    assert not others, others
