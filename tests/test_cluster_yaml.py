@@ -54,3 +54,18 @@ def test_the_design_the_readme_promises(cfg):
     workers = cfg["available_node_types"]["gpu_worker"]
     assert workers["min_workers"] == 0 and workers["node_config"]["InstanceType"].startswith(("g", "p"))
     assert all(isinstance(v, int) for t in cfg["available_node_types"].values() for v in t["resources"].values())
+
+
+def test_safe_by_default_mlflow_on_loopback_dashboard_not_exposed_store_outlives_the_cluster(cfg):
+    """The MLflow UI binds 127.0.0.1 (reached through `ray attach -p 5000`), nothing binds 0.0.0.0, the dashboard /
+    Jobs API keep Ray's loopback default (reached through `ray dashboard`), and the tracking store is a database
+    URI that every node shares and that `ray down` does not delete (not SQLite on the head's disk)."""
+    head = " ".join(cfg["head_start_ray_commands"])
+    every = head + " ".join(cfg["worker_start_ray_commands"])
+    assert "--host 127.0.0.1" in head
+    assert "0.0.0.0" not in every and "--dashboard-host" not in every and "allowed-hosts" not in every
+    assert "sqlite" not in every
+    for commands in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        assert "export MLFLOW_TRACKING_URI=postgresql://" in " ".join(commands)
+    assert "--backend-store-uri postgresql://" in head
+    assert any("psycopg2" in c for c in cfg["setup_commands"])

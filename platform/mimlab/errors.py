@@ -7,6 +7,7 @@ unknown method. The CLI entry point catches it, prints ``error: <message>`` and 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -31,3 +32,37 @@ def unknown(kind: str, word: str, choices: Iterable[str]) -> UserError:
     """Build the standard 'unknown X' error listing the valid choices and suggesting the nearest."""
     choices = sorted(choices)
     return UserError(f"unknown {kind} '{word}'{did_you_mean(word, choices)}; valid: {', '.join(choices)}")
+
+
+def check_range(option: str, value: float | None, *, at_least: float | None = None,
+                above: float | None = None) -> None:
+    """Refuse an option value out of range (``None`` = not given, always fine).
+
+    Args:
+        option: the option as the user typed it (``--limit``) or a config key.
+        value: the given value.
+        at_least: smallest allowed value (``value >= at_least``).
+        above: exclusive lower bound (``value > above``); also refuses NaN and infinity.
+    """
+    if value is None:
+        return
+    if at_least is not None and not value >= at_least:
+        raise UserError(f"{option} must be >= {at_least:g}, got {value:g}")
+    if above is not None and not (value > above and value != float("inf")):
+        raise UserError(f"{option} must be a finite number > {above:g}, got {value:g}")
+
+
+def read_text_file(path: os.PathLike[str] | str, what: str = "file") -> str:
+    """The UTF-8 text of a file the user named; a folder, an unreadable or a non-UTF-8 file is a :class:`UserError`."""
+
+    try:
+        raw = open(os.fspath(path), "rb").read()
+    except IsADirectoryError:
+        raise UserError(f"{what} '{path}' is a folder, expected a text file") from None
+    except OSError as err:
+        raise UserError(f"{what} '{path}' cannot be read ({err.strerror or err})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {err.start}: {raw[err.start]:#04x}); "
+                        "save it as UTF-8") from None

@@ -45,13 +45,16 @@ def test_resumable_and_resize(tmp_path, make_imagefolder):
         shard_imagefolder(tmp_path / "src", out, shard_size=3)
 
 
-def test_non_image_file_leaves_no_complete_shard(tmp_path, make_imagefolder):
+def test_undecodable_image_is_skipped_and_counted(tmp_path, make_imagefolder):
+    """Issue 14: a bad image in a dataset is skipped and counted (its shard holds the others), not a fatal error."""
+    import pyarrow.parquet as pq
+
     make_imagefolder(tmp_path / "src", {"a": 2, "b": 2})
     (tmp_path / "src" / "b" / "img_001.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="img_001.jpg' is not a readable image"):
-        shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=2, seed=None)
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["_plan.json", "classes.json", "part-00000.parquet"]  # shard 1 never appeared, no temp file
+    summary = shard_imagefolder(tmp_path / "src", tmp_path / "out", shard_size=2, seed=None)
+    assert [p.rsplit("/", 1)[-1] for p in summary["bad_images"]] == ["img_001.jpg"]
+    assert summary["images"] == 3
+    assert [pq.read_table(tmp_path / "out" / n).num_rows for n in ("part-00000.parquet", "part-00001.parquet")] == [2, 1]
 
 
 def test_cli_shard_info_and_errors(tmp_path, make_imagefolder):

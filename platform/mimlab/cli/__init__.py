@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from mimlab.cli.common import OneLineErrors
 from mimlab.cli.data import data_app
 from mimlab.cli.evaluate import evaluate_app
 from mimlab.cli.represent import eval_app
@@ -19,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    cls=OneLineErrors,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(evaluate_app, name="evaluate")

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mimlab.cli.common import user_errors
+from mimlab.cli.common import echo_err, user_errors
+from mimlab.errors import check_range
 
 data_app = typer.Typer(help="Image shards: the embedded synthetic dataset, ImageFolder → shards, shard info.",
                        no_args_is_help=True)
@@ -63,6 +64,9 @@ def shard(
     labels = "unlabeled" if unlabeled else f"{len(summary['classes'])} classes"
     typer.echo(f"{summary['images']} images, {labels} → {summary['shards']} shards in "
                f"{summary['out']} ({summary['written']} written, {summary['skipped']} already complete)")
+    bad = summary["bad_images"]
+    if bad:
+        echo_err(f"skipped {len(bad)} undecodable image(s): " + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
 
 
 @data_app.command()
@@ -74,6 +78,8 @@ def info(
 ) -> None:
     """Counts, classes, image sizes and bytes of a shard dataset."""
     from mimlab.data.info import dataset_info, format_info
+
+    check_range("--sample", sample, at_least=0)
 
     summary = dataset_info(url, sample=sample or None)
     typer.echo(json.dumps(summary, indent=1) if as_json else format_info(summary))

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
+from mimlab.outputs import SALIENCY_OUTPUTS, STUDY_OUTPUTS, check_out_folder
+from mimlab.urls import check_tracking_uri
 
 evaluate_app = typer.Typer(
     help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies; sanity checks.",
@@ -69,6 +72,13 @@ def saliency(
     """Explain images with one or more methods and score the maps (results.json, per_image.csv, figure)."""
     from mimlab.metrics import split_metric_list
     from mimlab.runtime.saliency import evaluate_saliency, format_table
+
+    check_range("--limit", limit, at_least=1)
+    check_range("--workers", workers, at_least=0)
+    check_range("--batch-size", batch_size, at_least=1)
+    check_range("--img-size", img_size, at_least=1)
+    check_tracking_uri(tracking_uri)
+    check_out_folder(out, SALIENCY_OUTPUTS)
 
     result = evaluate_saliency(
         model=model,
@@ -172,6 +182,11 @@ def study(
     """Run a (model × method) grid: one MLflow parent run, a child run per pair; print the combined table."""
     from mimlab.metrics.study import load_study
     from mimlab.runtime.saliency import run_study
+
+    check_range("--limit", limit, at_least=1)
+    check_range("--workers", workers, at_least=0)
+    check_tracking_uri(tracking_uri)
+    check_out_folder(out, STUDY_OUTPUTS)
 
     cfg = load_study(file, param or [], limit=limit)
     result = run_study(cfg, workers=workers, out=out, tracking_uri=tracking_uri, experiment=experiment)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
+from mimlab.outputs import EXPLAIN_OUTPUTS, check_out_file, check_out_folder
 
 
 @user_errors
@@ -42,6 +44,10 @@ def explain(
     tibav [start]. Attention methods and tibav need a ViT.
     """
     from mimlab.explain.run import explain_images
+
+    check_range("--img-size", img_size, at_least=1)
+    check_out_folder(out, EXPLAIN_OUTPUTS, patterns=["*__*.png"])
+    check_out_file(save_maps, "--save-maps")
 
     explain_images(images=images, model=model, weights=weights, methods=method or [], all_methods=all_,
                    img_size=img_size, target=target, class_root=class_root, out=out, save_maps=save_maps,

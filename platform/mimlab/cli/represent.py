@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
-from mimlab.errors import UserError
+from mimlab.errors import UserError, check_range
+from mimlab.outputs import KNN_OUTPUTS, LINEAR_OUTPUTS, check_out_folder
+from mimlab.urls import check_tracking_uri
 
 eval_app = typer.Typer(help="Evaluate representations: k-NN and linear probe.", no_args_is_help=True)
 
@@ -37,6 +39,12 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
+def _check_common(limit: int | None, workers: int, batch_size: int) -> None:
+    check_range("--limit", limit, at_least=1)
+    check_range("--workers", workers, at_least=0)
+    check_range("--batch-size", batch_size, at_least=1)
+
+
 @eval_app.command("knn")
 @user_errors
 def knn(
@@ -56,6 +64,11 @@ def knn(
 ) -> None:
     """Weighted k-NN (DINO protocol): train split = bank, val split = queries; prints top-1/top-5 per k."""
     from mimlab.evaluation.api import knn_table, run_knn
+
+    _check_common(limit, workers, batch_size)
+    check_range("--temperature", temperature, above=0)
+    check_tracking_uri(tracking_uri)
+    check_out_folder(out, KNN_OUTPUTS)
 
     result = run_knn(model, weights=weights, student=student, train=train, val=val, ks=parse_ks(k),
                      temperature=temperature, limit=limit, out=out, log_mlflow=not no_mlflow, batch_size=batch_size,
@@ -88,6 +101,12 @@ def linear(
 ) -> None:
     """Linear probe on the frozen last-4-blocks [cls]: per-epoch curve, best epoch/value, epochs to --reach."""
     from mimlab.evaluation.api import linear_table, run_linear
+
+    _check_common(limit, workers, batch_size)
+    check_range("--epochs", epochs, at_least=1)
+    check_range("--lr", lr, above=0)
+    check_tracking_uri(tracking_uri)
+    check_out_folder(out, LINEAR_OUTPUTS)
 
     result = run_linear(model, weights=weights, student=student, train=train, val=val, epochs=epochs, reach=reach,
                         cached_features=cached_features, base_lr=lr, batch_size=batch_size, limit=limit, out=out,

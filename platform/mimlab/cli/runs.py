@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.urls import check_tracking_uri
 
 runs_app = typer.Typer(help="Compare sweep results stored in MLflow.", no_args_is_help=True)
 
@@ -22,13 +23,14 @@ def compare(
     from mimlab.errors import UserError
     from mimlab.runtime.mlflow_server import healthy
     from mimlab.runtime.sweep_results import compare as compare_sweep
-
     from mimlab.runtime.tracking import tracking_uri as resolve_uri
 
+    check_tracking_uri(tracking_uri)
     uri = resolve_uri(tracking_uri)  # the option, else $MLFLOW_TRACKING_URI, else ./mlflow.db
     if uri.startswith(("http://", "https://")) and not healthy(uri.rstrip("/"), timeout=5):
         # MLflow's client would retry for minutes and end in a traceback: one line, at once
         raise UserError(f"MLflow tracking server '{uri}' is unreachable (GET /health failed)")
+
     parent, table = compare_sweep(name=name, tracking_uri=tracking_uri, run_id=run_id)
     typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) — mean ± std over seeds "
                f"({table.finished} trial(s) finished, {table.failed} failed)")

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from mimlab.cli.common import user_errors
+from mimlab.errors import check_range
+from mimlab.urls import check_ray_address, check_tracking_uri
 
 tune_app = typer.Typer(help="Run a sweep from experiments/ (e.g. `platform tune masking-layers`) with Ray Tune.",
                        invoke_without_command=True,
@@ -39,11 +41,19 @@ def tune(
     """Sweep experiment NAME on Ray Tune; each trial pretrains then evaluates k-NN and the linear probe."""
     from mimlab.config.experiment import list_experiments, load_profiles
 
+    check_range("--seeds", seeds, at_least=1)
+    check_range("--max-concurrent", max_concurrent, at_least=1)
+    check_range("--gpus-per-trial", gpus_per_trial, at_least=0)
+    check_range("--cpus-per-trial", cpus_per_trial, above=0)
+    check_range("--workers-per-trial", workers_per_trial, at_least=1)
+    check_tracking_uri(tracking_uri)
+    check_ray_address(address)
     if name is None:
         profiles = ", ".join(load_profiles())
         typer.echo("experiments: " + ", ".join(list_experiments()) + f"\nprofiles: {profiles}\n"
                    "run: platform tune NAME [--profile P] [--data URL] [--seeds S] [--resume]")
         return
+    _check_data(data)
     from mimlab.runtime.tracking import ui_command
     from mimlab.runtime.tune import run_sweep
 
@@ -63,3 +73,22 @@ def tune(
     typer.echo(f"  then open http://127.0.0.1:5000, experiment 'tune-{result.name}', expand parent run "
                f"{result.parent_run_id[:8]}…, tick its child runs and press Compare")
     typer.echo(f"  or: platform runs compare {result.name}")
+
+
+def _check_data(data: str | None) -> None:
+    """Check the dataset's train/ and val/ shards (columns, types, labels for the evaluation) before Ray starts."""
+    if data is None:
+        return
+    import pyarrow.parquet as pq
+
+    from mimlab.data.pipeline import shard_files
+    from mimlab.errors import UserError
+
+    for split in ("train", "val"):
+        fs, files = shard_files(data, split)
+        for f in files:
+            with fs.open(f, "rb") as handle:
+                column = pq.read_table(handle, columns=["label"]).column("label")
+            if column.null_count:
+                raise UserError(f"--data '{data}': shard '{f}' has images without labels; the sweep's k-NN and "
+                                "linear evaluation need labelled train/ and val/ shards")

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mimlab.config.pretrain import PretrainConfig, load_pretrain_config
-from mimlab.errors import UserError, did_you_mean, unknown
+from mimlab.errors import UserError, did_you_mean, read_text_file, unknown
 
 PROFILE_FILE = "profiles.yaml"
 # Files in experiments/ that are not sweeps (owned by `platform pretrain`).
@@ -171,14 +171,14 @@ def _is_sweep(path: Path) -> bool:
     """Anything but a pretraining config (top-level ``model:``/``optim:``… sections belong to `platform pretrain`)."""
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return True   # let load_experiment report the broken file
     return not (isinstance(data, dict) and any(key in PretrainConfig.model_fields for key in data))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text_file(path, "YAML file"))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):

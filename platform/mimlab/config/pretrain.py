@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mimlab.errors import UserError, did_you_mean
+from mimlab.errors import UserError, did_you_mean, read_text_file
 
 
 class _Section(BaseModel):
@@ -186,6 +186,10 @@ class PretrainConfig(_Section):
             )
         if isinstance(strategy, list) and not strategy:
             raise ValueError("masking.strategy is an empty list")
+        patch = self.model.kwargs.get("patch_size")
+        if isinstance(patch, int) and self.crops.global_size < patch:
+            raise ValueError(f"crops.global_size {self.crops.global_size} is smaller than one patch "
+                             f"(model.kwargs.patch_size {patch})")
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -269,7 +273,7 @@ def load_pretrain_config(path_or_dict: str | Path | dict[str, Any] | PretrainCon
         if not path.is_file():
             raise UserError(f"experiment file '{path}' does not exist")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(read_text_file(path, "experiment file")) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):

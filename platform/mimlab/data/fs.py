@@ -28,6 +28,9 @@ def resolve(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """
     text = os.fspath(url)
     if "://" not in text:
+        from mimlab.urls import check_not_a_broken_url
+
+        check_not_a_broken_url(text, "data URL")
         return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(text))
     scheme = text.split("://", 1)[0].lower()
     if scheme == "file":
@@ -194,4 +197,8 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as handle:
-        return json.loads(handle.read())
+        raw = handle.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"'{path}' is not valid UTF-8 JSON ({err.__class__.__name__}: {str(err)[:80]})") from None

@@ -11,6 +11,7 @@ consecutive rows mix classes; ``seed=None`` keeps the sorted class-then-file ord
 from __future__ import annotations
 
 import io
+import logging
 import os
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mimlab.data.decode import CorruptImage, check_encoded
 from mimlab.data.fs import join, read_json, resolve, write_json
 from mimlab.data.schema import CLASSES_FILE, records_table
 from mimlab.data.shards import shard_name, write_shard
@@ -28,6 +30,7 @@ from mimlab.errors import UserError
 
 PLAN_FILE = "_plan.json"
 DEFAULT_SEED = 0
+log = logging.getLogger("mimlab.data")
 
 
 def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = 1000,
@@ -80,6 +83,8 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         items = flat_val_items(src_fs, src_path, src_text)
         classes = sorted({os.path.basename(p).split("_", 1)[0] for p, _ in items})
     out_fs, out_path = resolve(out_text)
+    if out_fs.exists(out_path) and not out_fs.isdir(out_path):
+        raise UserError(f"output '{out_text}' is an existing file; expected a folder")
     out_fs.makedirs(out_path, exist_ok=True)
     relpaths = [os.path.relpath(p, src_path) for p, _ in items]
     plan = {"images": len(items), "shard_size": shard_size, "per_class_limit": per_class_limit, "resize": resize,
@@ -89,6 +94,9 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         order = np.random.default_rng(seed).permutation(len(items))
         items = [items[i] for i in order]
     old = read_json(out_fs, join(out_fs, out_path, PLAN_FILE))
+    if old is None and out_fs.glob(join(out_fs, out_path, "part-*.parquet")):
+        raise UserError(f"'{out_text}' holds part-*.parquet files but no {PLAN_FILE}: they were not written by "
+                        "`platform data shard`; use an empty output folder")
     if old is not None:
         old.setdefault("seed", None)  # plans written before shuffling existed were sorted
         old.setdefault("listing_crc32", plan["listing_crc32"])
@@ -99,6 +107,7 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
     write_json(out_fs, join(out_fs, out_path, CLASSES_FILE), classes)
     starts = list(range(0, len(items), shard_size))
     written = skipped = 0
+    bad: list[str] = []
     for index, start in enumerate(starts):
         target = join(out_fs, out_path, shard_name(index))
         chunk = items[start:start + shard_size]
@@ -107,13 +116,16 @@ def shard_imagefolder(src: str | os.PathLike, out: str | os.PathLike, *, shard_s
         else:
             with ThreadPoolExecutor(max_workers=8) as pool:  # file reads and PIL decoding release the GIL
                 images = list(pool.map(lambda item: _encoded(src_fs, item[0], resize), chunk))
-            paths = [os.path.relpath(p, src_path) for p, _ in chunk]
-            write_shard(out_fs, target, records_table(images, [label for _, label in chunk], paths))
+            good = [(img, item) for img, item in zip(images, chunk) if img is not None]
+            bad.extend(item[0] for img, item in zip(images, chunk) if img is None)
+            paths = [os.path.relpath(p, src_path) for _, (p, _) in good]
+            write_shard(out_fs, target, records_table([img for img, _ in good], [label for _, (_, label) in good],
+                                                      paths))
             written += 1
         if progress is not None:
             progress(min(start + shard_size, len(items)), len(items))
-    return {"images": len(items), "shards": len(starts), "written": written, "skipped": skipped,
-            "classes": classes, "out": out_text}
+    return {"images": len(items) - len(bad), "shards": len(starts), "written": written, "skipped": skipped,
+            "classes": classes, "out": out_text, "bad_images": bad}
 
 
 def unlabeled_items(fs, path: str, url: str) -> list[tuple[str, None]]:
@@ -134,10 +146,16 @@ def unlabeled_items(fs, path: str, url: str) -> list[tuple[str, None]]:
     return [(f, None) for f in files]
 
 
-def _encoded(fs, path: str, resize: int | None) -> bytes:
-    """The file's bytes after checking they decode (optionally resized and re-encoded)."""
+def _encoded(fs, path: str, resize: int | None) -> bytes | None:
+    """The file's bytes after checking they decode (optionally resized and re-encoded); ``None`` when PIL refuses
+    them (truncated, corrupt, a decompression bomb): the image is skipped and counted."""
     with fs.open(path, "rb") as handle:
         data = handle.read()
+    try:
+        check_encoded(data)
+    except CorruptImage as err:
+        log.warning("skipping '%s': %s", path, err)
+        return None
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -146,7 +164,8 @@ def _encoded(fs, path: str, resize: int | None) -> bytes:
             fmt = "PNG" if img.format == "PNG" else "JPEG"
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise UserError(f"'{path}' is not a readable image ({err})") from None
+        log.warning("skipping '%s': not a readable image (%s)", path, err)
+        return None
     width, height = rgb.size
     scale = resize / min(width, height)
     rgb = rgb.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BICUBIC)

@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from mimlab.data.decode import CorruptImage, decode, decode_rgb  # noqa: F401 - re-exported
 from mimlab.data.fs import join, list_shards, locate
 from mimlab.data.shards import iter_tables
 from mimlab.errors import UserError
@@ -36,30 +37,12 @@ class Record:
     mask: bytes | None = None
 
 
-class CorruptImage(ValueError):
-    """Raised by :func:`decode_rgb` / :func:`decode_mask` for bytes that are not a decodable image."""
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG bytes to ``uint8 [H, W, 3]`` RGB.
-
-    Raises:
-        CorruptImage: when the bytes cannot be decoded.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as err:
-        raise CorruptImage(f"undecodable image ({err})") from None
+# CorruptImage and decode_rgb live in mimlab.data.decode (safe decoding: bombs, truncation, bit flips)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
     """Decode a PNG foreground mask to ``bool [H, W]`` (any non-zero pixel is foreground)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("L")) > 0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as err:
-        raise CorruptImage(f"undecodable mask ({err})") from None
+    return decode(data, "L", "mask") > 0
 
 
 def encode_png(array: np.ndarray) -> bytes:

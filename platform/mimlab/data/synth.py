@@ -109,6 +109,13 @@ def write_synthetic(out: str | os.PathLike, *, num_images: int = DEFAULTS["num_i
     if shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {shard_size}")
     fs, root = resolve(out)
+    if fs.exists(root) and not fs.isdir(root):
+        raise UserError(f"output '{os.fspath(out)}' is an existing file; expected a folder")
+    if not fs.exists(join(fs, root, "dataset.json")):
+        foreign = fs.glob(join(fs, root, "*", "part-*.parquet")) + fs.glob(join(fs, root, "part-*.parquet"))
+        if foreign:
+            raise UserError(f"'{os.fspath(out)}' holds shards `platform data synth` did not write (no dataset.json), "
+                            f"e.g. '{foreign[0]}'; use an empty output folder")
     names = list(SHAPE_ORDER[:classes])
     n_val = int(round(num_images * split_val))
     splits = {"train": range(0, num_images - n_val), "val": range(num_images - n_val, num_images)}

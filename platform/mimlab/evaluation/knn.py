@@ -121,7 +121,9 @@ def vote(
     Returns:
         ``{k: class indices [Q, min(5, C)]}`` best first (ties: lower class index first).
     """
-    weights = (similarities / temperature).exp()  # [Q,K]
+    # exp((sim - best) / T): the same ranking as exp(sim / T) (one factor per query), but it never overflows, so a
+    # tiny T still ranks by the nearest neighbours instead of tying every class at inf
+    weights = ((similarities - similarities[:, :1]) / temperature).exp()  # [Q,K]
     scores = torch.zeros(similarities.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
     ranked: dict[int, Tensor] = {}
     done = 0

@@ -205,9 +205,11 @@ def explain_images(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    for i, path in enumerate(images):
+    from mimlab.outputs import unique_stems
+
+    for i, (path, stem) in enumerate(zip(images, unique_stems(images))):
         for s in specs:
-            f = out / f"{Path(path).stem}__{slug(s)}.png"
+            f = out / f"{stem}__{slug(s)}.png"
             save_png(overlay(display[i], stacked[s][i]), f)
             files.append(f)
     grid = out / "grid.png"

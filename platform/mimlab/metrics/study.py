@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mimlab.errors import UserError
+from mimlab.errors import UserError, read_text_file
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -129,7 +129,10 @@ def parse_overrides(items: list[str], known: dict[str, Any], where: str) -> dict
             raise UserError(f"--param expects KEY=VALUE, got '{item}'")
         if key not in known:
             raise UserError(f"study '{where}' has no param '{key}'; params: {', '.join(known) or 'none'}")
-        out[key] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise UserError(f"--param '{item}': the value is not valid YAML ({err.__class__.__name__})") from None
     return out
 
 
@@ -145,7 +148,7 @@ def load_study(
     if not path.is_file():
         raise UserError(f"study file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text_file(path, "study file"))
     except yaml.YAMLError as err:
         raise UserError(f"study file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):

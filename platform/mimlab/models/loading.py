@@ -214,6 +214,9 @@ def _load_checkpoint(path: Path, img_size: int | None, num_classes: int | None, 
     timm_name = meta["timm_name"]
     kwargs = dict(meta.get("kwargs") or {})
     native = kwargs.get("img_size", meta.get("img_size"))
+    patch = kwargs.get("patch_size")
+    if img_size is not None and isinstance(patch, int) and img_size < patch:
+        raise UserError(f"--img-size {img_size} is smaller than one patch of '{path}' (patch size {patch})")
     if img_size is not None:
         kwargs["img_size"] = img_size
     elif native is not None:

@@ -56,11 +56,31 @@ def save_checkpoint(folder: str | os.PathLike, parts: IBOTParts, epoch: int, his
     return str(out)
 
 
+_VERIFIED: dict[str, dict[str, Any]] = {}  # the one state LocalCheckpoints.latest() just loaded, by folder
+_WARNED: set[str] = set()  # fallbacks already announced by this process
+
+
 def load_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The training state of a checkpoint folder, loaded with ``weights_only=True``: tensors and plain containers
+    only, never arbitrary pickled objects (a storage path may be a shared bucket).
+
+    Raises:
+        UserError: no ``state.pt``, or one that is truncated, corrupt or holds anything but weights and plain data.
+    """
+    cached = _VERIFIED.pop(str(folder), None)
+    if cached is not None:
+        return cached
     path = Path(folder) / "state.pt"
     if not path.is_file():
         raise UserError(f"checkpoint '{folder}' has no state.pt (not a complete pretraining checkpoint)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/UnpicklingError/EOFError/... for bad bytes
+        raise UserError(f"checkpoint '{path}' is unreadable ({err.__class__.__name__}: "
+                        f"{' '.join(str(err).split())[:160]})") from None
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise UserError(f"checkpoint '{path}' is not a pretraining state (expected a dict with 'epoch')")
+    return state
 
 
 def _diff(a: Any, b: Any, prefix: str) -> str | None:
@@ -108,11 +128,40 @@ class LocalCheckpoints:
         self.keep = keep
 
     def latest(self) -> Path | None:
+        """The newest checkpoint folder whose ``state.pt`` loads, or ``None`` when there is none yet.
+
+        A corrupt or truncated newest checkpoint falls back to the previous one kept, with one line on stderr.
+
+        Raises:
+            UserError: checkpoints exist but none of them is readable.
+        """
+        import sys
+
         pointer = self.root / "latest"
         if not pointer.is_file():
             return None
-        folder = self.root / pointer.read_text().strip()
-        return folder if (folder / "state.pt").is_file() else None
+        named = self.root / pointer.read_text().strip()
+        kept = sorted((p for p in self.root.glob("checkpoint-*") if p.is_dir() and p != named), reverse=True)
+        candidates = [named, *kept]
+        failures: list[str] = []
+        for folder in candidates:
+            if not (folder / "state.pt").is_file():
+                failures.append(f"{folder.name}: no state.pt")
+                continue
+            try:
+                state = load_state(folder)
+            except UserError as err:
+                failures.append(str(err))
+                continue
+            _VERIFIED.clear()
+            _VERIFIED[str(folder)] = state
+            if failures and str(folder) not in _WARNED:
+                _WARNED.add(str(folder))
+                print(f"warning: {failures[0]}; resuming from the previous checkpoint '{folder}'", file=sys.stderr,
+                      flush=True)
+            return folder
+        raise UserError(f"no readable checkpoint left in '{self.root}' ({'; '.join(failures)}); "
+                        "use a new --name or remove the folder to start over")
 
     def save(self, parts: IBOTParts, epoch: int, history: dict[str, Any]) -> str:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
-"""Start or join a Ray runtime with the platform's defaults (no auth, no usage stats, no dashboard)."""
+"""Start or join a Ray runtime with the platform's defaults (no usage stats, no dashboard).
+
+Ray's authentication is left to the user and Ray: ``RAY_AUTH_MODE`` is never set here (Ray 2.59+ turns token
+authentication on for a local runtime by default). Only the tests and CI set ``RAY_AUTH_MODE=disabled``.
+"""
 
 from __future__ import annotations
 
 import os
 
 _DEFAULT_ENV = {
-    "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
