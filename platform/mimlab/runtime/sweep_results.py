@@ -10,6 +10,7 @@ from typing import Any
 
 from mimlab.config.experiment import Experiment, load_experiment
 from mimlab.errors import UserError
+from mimlab.runtime.tracking import EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING, mark_training
 
 ROLE_TAG = "mimlab.role"
 TABLE_METRICS = ("knn_top1", "linear_top1")
@@ -32,7 +33,11 @@ def open_parent(exp: Experiment, uri: str, sweep_dir: str, seeds: int,
     client = client_for(uri)
     name = mlflow_experiment_name(exp.name)
     found = client.get_experiment_by_name(name)
-    exp_id = found.experiment_id if found else client.create_experiment(name)
+    if found is None:
+        exp_id = client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
+    else:
+        exp_id = found.experiment_id
+        mark_training(client, found)
     if previous is not None:
         run_id = previous["parent_run_id"]
         client.update_run(run_id, status="RUNNING")

@@ -14,6 +14,12 @@ from typing import Any
 
 from mimlab.errors import UserError
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""Experiment tag the MLflow 3 UI reads to choose an experiment's landing page (no Python constant in MLflow 3.17:
+the values are the UI bundle's ``ExperimentKind`` enum)."""
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+"""The model-training kind: the UI opens on the runs table instead of the GenAI traces overview."""
+
 
 def tracking_uri(uri: str | None = None) -> str:
     """Resolve the tracking URI: explicit argument, then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///./mlflow.db``."""
@@ -44,7 +50,19 @@ def setup(uri: str | None = None, experiment: str = "mimlab") -> str:
     apply_default_env()
     mlflow.set_tracking_uri(tracking_uri(uri))
     exp = mlflow.set_experiment(experiment)
+    mark_training(mlflow.MlflowClient(), exp)
     return exp.experiment_id
+
+
+def mark_training(client: Any, experiment: Any) -> None:
+    """Tag an MLflow experiment as model training (:data:`EXPERIMENT_KIND_TRAINING`) unless it carries a kind.
+
+    Args:
+        client: an ``MlflowClient`` on the experiment's store.
+        experiment: an ``mlflow.entities.Experiment``.
+    """
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
 
 
 @contextlib.contextmanager
