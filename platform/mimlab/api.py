@@ -146,7 +146,7 @@ def evaluate_saliency(
     split: str | None = None,
     limit: int | None = None,
     img_size: int | None = None,
-    workers: int = 1,
+    workers: int = 0,
     batch_size: int = 16,
     save_maps: bool = False,
     out: str | Path | None = None,
@@ -161,7 +161,8 @@ def evaluate_saliency(
         data: shards / ImageFolder / root with ``train/`` and ``val/``; ``None`` = the embedded dataset.
         split: subfolder of a root with splits (default ``val``).
         limit: first ``limit`` images only.
-        workers: Ray actors the batches are shared over (results do not depend on it).
+        workers: 0 = in this process (no Ray); N = Ray actors the batches are shared over (results do not
+            depend on it).
         save_maps: also write ``maps.npz`` into ``out``.
         out: folder for ``results.json``, ``per_image.csv``, ``metrics.png`` (default: a fresh temporary folder).
 

@@ -197,7 +197,9 @@ def _validate(records: list, metric_objs: list, data: str | None) -> None:
 
 
 def _fan_out(batches: list[list], workers: int, actor_kwargs: dict) -> list[dict[str, Any]]:
-    """Run the batches on ``workers`` Ray actors and return the results in batch order."""
+    """Run the batches on ``workers`` Ray actors (0: in this process, no Ray) and return them in batch order."""
+    if workers == 0:
+        return SaliencyEvaluator(**actor_kwargs).run_many(batches)
     import ray
 
     from mimlab.runtime.ray_env import ensure_ray
@@ -311,8 +313,9 @@ def compute_saliency(
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise UserError("no --method given")
-    if workers < 1 or batch_size < 1:
-        raise UserError(f"--workers and --batch-size must be >= 1, got {workers} and {batch_size}")
+    if workers < 0 or batch_size < 1:
+        raise UserError(f"--workers must be >= 0 (0 = in-process) and --batch-size >= 1, got {workers} and "
+                        f"{batch_size}")
     metric_objs = [build_metric(m) for m in metrics]
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names):
