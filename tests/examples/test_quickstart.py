@@ -24,7 +24,6 @@ def kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     src = str(Path(__file__).resolve().parents[2] / "platform")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     return "mimlab-test"
 
 
