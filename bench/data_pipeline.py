@@ -7,7 +7,10 @@ the batch at once (the DataLoader indexed by a ``BatchSampler``, the images alre
 from the first request to the last batch (worker/task start-up included, ``ray.init`` excluded); epochs alternate
 between the two; we print the median images/s of the epochs and the ratio.
 
-    .venv/bin/python bench/data_pipeline.py --data ../shared/datasets/cifar10/train --workers 2 --epochs 3
+    .venv/bin/python bench/data_pipeline.py --workers 2 --epochs 3                  # embedded dataset (train split)
+    .venv/bin/python bench/data_pipeline.py --data s3://bucket/cifar10/train --workers 2 --epochs 3
+
+``--data`` takes any shard folder URL (``platform data shard`` writes one, e.g. from a CIFAR-10 ImageFolder).
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ def bench_ray(files, cfg, workers: int, batch: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join("..", "shared", "datasets", "cifar10", "train"))
+    parser.add_argument("--data", default=None,
+                        help="shard folder URL (default: the embedded dataset's train split)")
     parser.add_argument("--files", type=int, default=1, help="how many shard files to read (0 = all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
@@ -104,6 +108,10 @@ def main() -> None:
     from mimlab.runtime.ray_env import apply_default_env
 
     apply_default_env()
+    if args.data is None:
+        from mimlab.data.synth import default_dataset
+
+        args.data = os.path.join(default_dataset(), "train")
     cfg = MultiCropConfig(global_crops=2, global_size=args.global_size, local_crops=args.local_crops,
                           local_size=args.local_size, device=args.colour_device)
     files = _files(args.data, args.files or None)

@@ -22,7 +22,7 @@ def _client(uri):
 
 
 def test_two_trial_sweep_end_to_end_logs_parent_and_children(ray_local, exp_dir, mlflow_uri, tmp_path):
-    """The real trial (pretrain_local + k-NN + linear probe) on the tiny profile; run_sweep starts the server."""
+    """The real trial (the one train function in the trial process + k-NN + linear probe) on the tiny profile; run_sweep starts the server."""
     lines: list[str] = []
     result = run_sweep(name="tiny-sweep", tracking_uri=mlflow_uri, storage_path=str(tmp_path / "runs"),
                        echo=lines.append)

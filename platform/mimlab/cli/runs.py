@@ -19,7 +19,7 @@ def compare(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default sqlite:///./mlflow.db)")] = None,
     run_id: Annotated[str | None, typer.Option(help="a specific parent run (default: the latest sweep)")] = None,
 ) -> None:
-    """Print the results table (mean ± std over seeds) of the latest sweep NAME from the tracking store."""
+    """Print the results table of the latest sweep NAME: untrained row, 95 % intervals, comparison with block."""
     from mimlab.errors import UserError
     from mimlab.runtime.mlflow_server import healthy
     from mimlab.runtime.sweep_results import compare as compare_sweep
@@ -32,6 +32,6 @@ def compare(
         raise UserError(f"MLflow tracking server '{uri}' is unreachable (GET /health failed)")
 
     parent, table = compare_sweep(name=name, tracking_uri=tracking_uri, run_id=run_id)
-    typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) — mean ± std over seeds "
+    typer.echo(f"{parent.info.run_name} (run {parent.info.run_id}, {parent.info.status}) "
                f"({table.finished} trial(s) finished, {table.failed} failed)")
     typer.echo(table.to_text())

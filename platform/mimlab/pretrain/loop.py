@@ -37,19 +37,27 @@ def resolve_config(cfg: Any):
 
 
 def epoch_diagnostics(parts, monitor, epoch: int, sink: MetricSink | None, every: int) -> dict[str, float]:
-    """k-NN every ``every`` epochs (and at the last) plus the probe attention image (logged to ``sink``)."""
+    """k-NN every ``every`` epochs (and at the last), and at the same epochs (every epoch when k-NN is off) the
+    three probe pictures logged to ``sink``: ``cls_attention``, ``patch_pca`` and the strategy's ``masks``."""
+    import torch
+
+    from mimlab.pretrain.pictures import probe_pictures
+
     out: dict[str, float] = {}
     if monitor is None:
         return out
     last = epoch == parts.cfg.optim.epochs - 1
-    if every > 0 and ((epoch + 1) % every == 0 or last):
+    knn_epoch = every > 0 and ((epoch + 1) % every == 0 or last)
+    if knn_epoch:
         top1 = monitor.knn_top1(parts.teacher)
         if top1 is not None:
             out["knn_top1"] = top1
-    if sink is not None:
-        image = monitor.attention_image(parts.teacher)
-        if image is not None:
-            sink.log_image("cls_attention", image, epoch)
+    if sink is not None and len(monitor.probes) and (knn_epoch or every <= 0):
+        # a fixed generator: the masks panel shows the same draw every epoch, so changes are the model's
+        pictures = probe_pictures(parts.teacher, monitor.probes, parts.masking,
+                                  torch.Generator().manual_seed(parts.cfg.train.seed))
+        for key, image in pictures.items():
+            sink.log_image(key, image, epoch)
     return out
 
 

@@ -88,36 +88,3 @@ class OnlineMonitor:
         k = min(self.k, bank.shape[0])
         res = knn_classify(bank, self.bank_y, queries, self.query_y, ks=(k,), temperature=0.07)
         return float(res[k]["top1"])
-
-    @torch.no_grad()
-    def attention_image(self, backbone: nn.Module) -> np.ndarray | None:
-        """Probe images (top row) over their last-block [cls] attention, head mean, min-max (bottom row):
-        ``uint8 [2S, P*S, 3]``."""
-        if len(self.probes) == 0:
-            return None
-        import matplotlib
-
-        from mimlab.data.transforms import normalise
-        from mimlab.explain import scores
-        from mimlab.models.capture import AttentionCapture
-
-        device = next(backbone.parameters()).device
-        x = normalise(torch.as_tensor(self.probes), IMAGENET_MEAN, IMAGENET_STD).to(device)
-        last = len(backbone.blocks) - 1
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            with AttentionCapture(backbone, layers=[last], keys=False, logits=False, detach=True) as cap:
-                backbone.forward_features(x)
-        finally:
-            backbone.train(was_training)
-        maps = scores.raw(cap.attn[last], cap.num_prefix_tokens).float().cpu()  # [P,H,T,T] -> [P,Np]
-        h, w = cap.grid
-        lo, hi = maps.min(1, keepdim=True).values, maps.max(1, keepdim=True).values
-        maps = ((maps - lo) / (hi - lo).clamp(min=1e-12)).view(-1, 1, h, w)  # [P,Np] -> [P,1,h,w]
-        size = self.probes.shape[1]
-        maps = torch.nn.functional.interpolate(maps, size=(size, size), mode="nearest")[:, 0].numpy()
-        heat = (matplotlib.colormaps["inferno"](maps)[..., :3] * 255).astype(np.uint8)  # [P,S,S] -> [P,S,S,3]
-        top = np.concatenate(list(self.probes), axis=1)  # P x [S,S,3] -> [S,P*S,3]
-        bottom = np.concatenate(list(heat), axis=1)
-        return np.concatenate([top, bottom], axis=0)

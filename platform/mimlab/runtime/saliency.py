@@ -241,6 +241,8 @@ def _validate(records: list, metric_objs: list, data: str | None, target: str | 
 def _fan_out(batches: list[list], workers: int, actor_kwargs: dict, worker: type | None = None) -> list[Any]:
     """Run the batches on ``workers`` Ray actors of class ``worker`` (default :class:`SaliencyEvaluator`, any class
     with ``run_many(batches)``) and return the results in batch order."""
+    if workers == 0:  # in this process, no Ray
+        return (worker or SaliencyEvaluator)(**actor_kwargs).run_many(batches)
     import ray
 
     from mimlab.runtime.ray_env import ensure_ray
@@ -425,8 +427,9 @@ def compute_saliency(
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise UserError("no --method given")
-    if workers < 1 or batch_size < 1:
-        raise UserError(f"--workers and --batch-size must be >= 1, got {workers} and {batch_size}")
+    if workers < 0 or batch_size < 1:
+        raise UserError(f"--workers must be >= 0 (0 = in-process) and --batch-size >= 1, got {workers} and "
+                        f"{batch_size}")
     target = parse_target(target)
     check_channel_order(channel_order)
     metric_objs = [build_metric(m) for m in metrics]

@@ -14,6 +14,12 @@ from typing import Any
 
 from mimlab.errors import UserError
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""Experiment tag the MLflow 3 UI reads to choose an experiment's landing page (no Python constant in MLflow 3.17:
+the values are the UI bundle's ``ExperimentKind`` enum)."""
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+"""The model-training kind: the UI opens on the runs table instead of the GenAI traces overview."""
+
 
 def tracking_uri(uri: str | None = None) -> str:
     """Resolve the tracking URI: explicit argument, then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///./mlflow.db``."""
@@ -47,15 +53,16 @@ def ensure_experiment(uri: str, name: str) -> str:
 
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
-    except Exception:  # noqa: BLE001 - created meanwhile by another process
+    if found is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_root(uri))
+        except Exception:  # noqa: BLE001 - created meanwhile by another process
+            pass
         found = client.get_experiment_by_name(name)
         if found is None:
-            raise
-        return found.experiment_id
+            raise UserError(f"could not create MLflow experiment '{name}' in '{uri}'")
+    mark_training(client, found)  # the MLflow UI opens it on its runs table
+    return found.experiment_id
 
 
 def ui_command(uri: str | None = None) -> str:
@@ -75,6 +82,17 @@ def setup(uri: str | None = None, experiment: str = "mimlab") -> str:
     exp_id = ensure_experiment(resolved, experiment)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def mark_training(client: Any, experiment: Any) -> None:
+    """Tag an MLflow experiment as model training (:data:`EXPERIMENT_KIND_TRAINING`) unless it carries a kind.
+
+    Args:
+        client: an ``MlflowClient`` on the experiment's store.
+        experiment: an ``mlflow.entities.Experiment``.
+    """
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
 
 
 @contextlib.contextmanager
