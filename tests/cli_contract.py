@@ -9,7 +9,7 @@ A command given bad input must:
 
 ``subprocess=True`` runs ``python -m mimlab`` in a child process with a hard timeout, for paths that could hang
 (network endpoints, Ray start-up) or that must be seen exactly as a user's shell sees them. The default runs the
-Typer app in-process through ``CliRunner`` (fast) and enforces the time bound with a watchdog thread.
+Typer app in-process through ``CliRunner`` (fast) on the main thread, with a SIGALRM deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import hashlib
 import os
 import subprocess as _subprocess
 import sys
-import threading
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,27 +48,34 @@ def _digest(paths: Iterable[Path]) -> dict[str, str]:
     return out
 
 
+class _NoAnswer(BaseException):
+    """Raised by the alarm: the command did not answer in time (a BaseException so the CLI cannot swallow it)."""
+
+
 def _run_in_process(args: Sequence[str], timeout: float, env: dict[str, str] | None) -> CliResult:
+    """Run the Typer app on this (main) thread — Ray and signal handlers need it — under a SIGALRM deadline."""
     from typer.testing import CliRunner
 
     from mimlab.cli import app
 
-    box: dict[str, object] = {}
+    def _alarm(signum, frame):  # noqa: ARG001
+        raise _NoAnswer()
 
-    def target() -> None:
-        box["r"] = CliRunner().invoke(app, list(args), env=env)
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert not worker.is_alive(), f"`platform {' '.join(args)}` gave no answer within {timeout:.0f} s"
-    r = box["r"]
-    if r.exception is not None and not isinstance(r.exception, SystemExit):  # type: ignore[attr-defined]
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        r = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if isinstance(r.exception, _NoAnswer):
+        raise AssertionError(f"`platform {' '.join(args)}` gave no answer within {timeout:.0f} s")
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
         import traceback
 
-        tb = "".join(traceback.format_exception(r.exception))  # type: ignore[attr-defined]
-        return CliResult(r.exit_code, r.stdout, r.stderr + "\nTraceback (uncaught in CliRunner):\n" + tb)  # type: ignore[attr-defined]
-    return CliResult(r.exit_code, r.stdout, r.stderr)  # type: ignore[attr-defined]
+        tb = "".join(traceback.format_exception(r.exception))
+        return CliResult(r.exit_code, r.stdout, r.stderr + "\nTraceback (uncaught in CliRunner):\n" + tb)
+    return CliResult(r.exit_code, r.stdout, r.stderr)
 
 
 def _run_subprocess(args: Sequence[str], timeout: float, env: dict[str, str] | None, cwd: Path | None) -> CliResult:

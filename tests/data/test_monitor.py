@@ -10,7 +10,7 @@ from mimlab.pretrain.monitor import OnlineMonitor
 
 
 def _cfg(*overrides: str):
-    return load_pretrain_config(None, ["crops.global_size=8", "eval.knn_k=5", "eval.probe_images=2", *overrides])
+    return load_pretrain_config(None, ["crops.global_size=8", "model.kwargs.patch_size=4", "eval.knn_k=5", "eval.probe_images=2", *overrides])
 
 
 def test_bank_of_class_sorted_shards_covers_every_class_and_decodes_only_the_sample(class_sorted_shards,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import png_bytes, write_table
+from error_inputs import png_bytes, write_table
 
 TUNE_EXPERIMENTS = Path(__file__).parents[1] / "tune" / "experiments"
 

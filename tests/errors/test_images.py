@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BAD_IMAGES, jpeg_bytes, png_bytes
+from error_inputs import BAD_IMAGES, jpeg_bytes, png_bytes
 
 
 def pil_refuses(data: bytes) -> bool:
@@ -57,7 +57,7 @@ def test_data_shard_skips_and_counts_a_refused_image(kind, tmp_path):
 
 def corrupt_variants(seed: int, count: int) -> list[bytes]:
     """Seeded corruptions of real PNG and JPEG bytes: truncated, bit-flipped, wrong header, bomb header."""
-    from conftest import bomb_png
+    from error_inputs import bomb_png
 
     rng = np.random.default_rng(seed)
     out: list[bytes] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE
+from error_inputs import TINY_RECIPE
 
 TUNE_EXPERIMENTS = Path(__file__).parents[1] / "tune" / "experiments"
 BAD_YAML = "model: [unclosed\n  optim: {\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import png_bytes, write_table
+from error_inputs import png_bytes, write_table
 
 # (id, what to create in {out} before the run, argv, substrings of the error line)
 CASES = [

@@ -16,7 +16,11 @@ def test_tune_without_name_lists_experiments_and_profiles(exp_dir):
     assert "tiny-sweep" in out.output and "profiles: tiny" in out.output
 
 
-def test_tune_name_then_options_calls_run_sweep_with_them(monkeypatch):
+def test_tune_name_then_options_calls_run_sweep_with_them(monkeypatch, tmp_path):
+    from mimlab.data.synth import write_synthetic
+
+    data = str(tmp_path / "data")
+    write_synthetic(data, num_images=40, size=16, classes=4, seed=0, split_val=0.25)  # --data is checked first
     calls = {}
 
     def fake_run_sweep(**kwargs):
@@ -24,10 +28,10 @@ def test_tune_name_then_options_calls_run_sweep_with_them(monkeypatch):
         raise SystemExit(0)
 
     monkeypatch.setattr("mimlab.runtime.tune.run_sweep", fake_run_sweep)
-    out = runner.invoke(app, ["tune", "masking-layers", "--profile", "demo", "--data", "s3://b/x", "--seeds", "3",
+    out = runner.invoke(app, ["tune", "masking-layers", "--profile", "demo", "--data", data, "--seeds", "3",
                               "--max-concurrent", "4", "--gpus-per-trial", "1", "--resume"])
     assert out.exit_code == 0, out.output
-    assert calls["name"] == "masking-layers" and calls["profile"] == "demo" and calls["data"] == "s3://b/x"
+    assert calls["name"] == "masking-layers" and calls["profile"] == "demo" and calls["data"] == data
     assert calls["seeds"] == 3 and calls["max_concurrent"] == 4 and calls["gpus_per_trial"] == 1.0
     assert calls["resume"] is True and calls["workers_per_trial"] == 1
 
@@ -36,7 +40,7 @@ def test_tune_name_then_options_calls_run_sweep_with_them(monkeypatch):
     (["tune", "masking-layer"], "unknown experiment 'masking-layer' (did you mean 'masking-layers'?); valid:"),
     (["tune", "masking-layers", "--profile", "dmo"], "unknown profile 'dmo' (did you mean 'demo'?); valid:"),
     (["tune", "masking-layers", "--profile", "cifar10"], "profile 'cifar10' needs --data URL"),
-    (["tune", "masking-layers", "--data", "/definitely/not/here"], "--data '/definitely/not/here' does not exist"),
+    (["tune", "masking-layers", "--data", "/definitely/not/here"], "no such file or folder: '/definitely/not/here'"),
     (["tune", "masking-layers", "--tracking-uri", "sqlite:////definitely/not/here/mlflow.db"],
      "MLflow store 'sqlite:////definitely/not/here/mlflow.db': folder /definitely/not/here does not exist"),
     (["tune", "masking-layers", "--tracking-uri", "http://127.0.0.1:9"], "is unreachable"),
@@ -55,7 +59,7 @@ def test_data_url_without_splits_is_rejected(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     out = runner.invoke(app, ["tune", "masking-layers", "--data", str(tmp_path / "data")])
-    assert out.exit_code == 2 and "has no train/ folder" in out.output
+    assert out.exit_code == 2 and "has no 'train/' subfolder" in out.output
 
 
 def test_unreachable_ray_address(tmp_path):

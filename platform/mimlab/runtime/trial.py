@@ -150,7 +150,6 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
     """Pretrain (this process, or Train-in-Tune), then k-NN and the linear probe on the trial's checkpoint."""
     import mlflow
 
-    ev = run.ctx.evaluation
     key = trial_key(run.point.index, run.seed)
     if run.ctx.workers_per_trial > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -175,23 +174,44 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
         mlflow.set_tag("mimlab.checkpoint", result.checkpoint_uri)
     _log_checkpoint(result.checkpoint_dir)
 
+    metrics.update(evaluate_checkpoint(result.checkpoint_dir, run, curve=True))
+    if run.point.index == 0:
+        # the `untrained` row: the same evaluation of the network this seed starts from (the init depends on the
+        # model config and seed only, so point 0 of each seed measures it for the whole sweep)
+        from mimlab.pretrain.build import build_parts
+        from mimlab.pretrain.checkpoint import save_checkpoint
+
+        untrained = save_checkpoint(run.out_dir / "untrained", build_parts(cfg), -1, {})
+        init = evaluate_checkpoint(untrained, run, curve=False)
+        metrics.update({f"{k}_init": v for k, v in init.items() if k in ("knn_top1", "linear_top1")})
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> dict[str, float]:
+    """k-NN and the linear probe of one checkpoint with the sweep's evaluation settings; ``eval.num_val`` is the
+    query count the results table's binomial intervals need."""
+    import mlflow
+
     from mimlab.evaluation.api import run_knn, run_linear
 
+    ev = run.ctx.evaluation
     ks = list(ev["knn_ks"])
-    knn = run_knn(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
+    knn = run_knn(checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
                   temperature=float(ev["knn_temperature"]), limit=ev.get("train_limit"), log_mlflow=False,
                   workers=0, batch_size=ev["batch_size"], **_val_limit(run_knn, ev))
+    metrics: dict[str, float] = {"eval.num_val": float(knn["n_val"])}
     metrics["knn_top1"], per_k = knn_figures(knn, ks)
     metrics.update(per_k)
     if ev.get("linear", True):
-        lin = run_linear(result.checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
+        lin = run_linear(checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
                          base_lr=float(ev.get("linear_lr", 0.003)),
                          limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
                          seed=run.seed, **_val_limit(run_linear, ev))
         metrics["linear_top1"] = float(lin["best_top1"])
-        for epoch, value in enumerate(lin["curve"]):
-            mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
+        if curve:
+            for epoch, value in enumerate(lin["curve"]):
+                mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
     return metrics
 
 
