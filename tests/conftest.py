@@ -38,9 +38,13 @@ def ray_local():
 @pytest.fixture()
 def mlflow_uri(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store per test."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
+    # an earlier test's mlflow.set_tracking_uri (code under test calls it) would win over the variable
+    mlflow.set_tracking_uri(uri)
     return uri
 
 
