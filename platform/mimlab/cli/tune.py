@@ -26,7 +26,8 @@ def tune(
                                                      "(default: the experiment's, usually demo)")] = None,
     data: Annotated[str | None, typer.Option(help="dataset root URL with train/ and val/ shards "
                                                   "(default: the embedded dataset)")] = None,
-    seeds: Annotated[int, typer.Option(help="repeat every sweep point with seeds 0..S-1")] = 1,
+    seeds: Annotated[int | None, typer.Option(help="repeat every sweep point with seeds 0..S-1 "
+                                                   "(default: the profile's, usually 1)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="trials running at once")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (default: the profile's)")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial (default: the profile's)")] = None,

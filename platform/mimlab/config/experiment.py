@@ -58,6 +58,10 @@ class EvaluationSpec(_Strict):
     train_limit: int | None = Field(None, ge=1)
     val_limit: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
+    localisation: bool = False
+    """Also score the final [cls] attention of the teacher against the val object masks (``cls_pointing``,
+    ``cls_energy``: pointing game and energy inside the mask, on the ``val_limit`` images the k-NN uses). Needs
+    masks: the embedded dataset has them."""
 
 
 class PlotSpec(_Strict):
@@ -98,6 +102,8 @@ class Profile(_Strict):
     resources: Resources = Field(default_factory=Resources)
     data_required: bool = False
     caveat: str | None = None
+    seeds: int = Field(1, ge=1)
+    """Seeds per sweep point when ``--seeds`` is not given."""
 
 
 class ExperimentFile(_Strict):

@@ -183,13 +183,18 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
 
         untrained = save_checkpoint(run.out_dir / "untrained", build_parts(cfg), -1, {})
         init = evaluate_checkpoint(untrained, run, curve=False)
-        metrics.update({f"{k}_init": v for k, v in init.items() if k in ("knn_top1", "linear_top1")})
+        metrics.update({f"{k}_init": v for k, v in init.items() if k in INIT_METRICS})
     return metrics
 
 
+INIT_METRICS = ("knn_top1", "linear_top1", "cls_pointing", "cls_energy")
+"""The numbers the ``untrained`` row repeats for the untrained network."""
+
+
 def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> dict[str, float]:
-    """k-NN and the linear probe of one checkpoint with the sweep's evaluation settings; ``eval.num_val`` is the
-    query count the results table's binomial intervals need."""
+    """k-NN and the linear probe of one checkpoint with the sweep's evaluation settings, and (``localisation``)
+    the final [cls] attention's pointing game and energy in the object masks; ``eval.num_val`` is the query count
+    the results table's binomial intervals need."""
     import mlflow
 
     from mimlab.evaluation.api import run_knn, run_linear
@@ -212,7 +217,22 @@ def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> d
         if curve:
             for epoch, value in enumerate(lin["curve"]):
                 mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
+    if ev.get("localisation"):
+        metrics.update(localisation(checkpoint_dir, run, int(knn["n_val"])))
     return metrics
+
+
+def localisation(checkpoint_dir: str, run: TrialRun, limit: int) -> dict[str, float]:
+    """Pointing game and energy in the object mask of the teacher's last-layer [cls] attention (method ``raw``)
+    on the first ``limit`` val images, the ones the k-NN queried."""
+    from mimlab.runtime.saliency import compute_saliency
+
+    out = Path(run.out_dir) / f"localisation-{Path(checkpoint_dir).name}"
+    result = compute_saliency(model=str(checkpoint_dir), data=run.ctx.data_val, limit=limit,
+                              methods=["raw"], metrics=["pointing", "energy"], workers=0,
+                              batch_size=int(run.ctx.evaluation.get("batch_size", 64)), out=out)
+    return {"cls_pointing": float(result.table["raw"]["pointing"]),
+            "cls_energy": float(result.table["raw"]["energy"])}
 
 
 def _val_limit(fn: Callable[..., Any], ev: dict[str, Any]) -> dict[str, Any]:

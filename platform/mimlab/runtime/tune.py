@@ -221,7 +221,7 @@ def run_sweep(
     name: str,
     profile: str | None = None,
     data: str | None = None,
-    seeds: int = 1,
+    seeds: int | None = None,
     max_concurrent: int | None = None,
     gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None,
@@ -241,7 +241,8 @@ def run_sweep(
         name: experiment name (``masking-layers``) or YAML path.
         profile: scale profile; default = the experiment's ``default_profile``.
         data: dataset root URL holding ``train/`` and ``val/``; ``None`` = embedded dataset.
-        seeds: repeat each sweep point with seeds ``0..seeds-1`` (a grid axis, so seeds are distinct).
+        seeds: repeat each sweep point with seeds ``0..seeds-1`` (a grid axis, so seeds are distinct); default
+            the profile's ``seeds`` (1 unless the profile says otherwise).
         max_concurrent: cap on trials running at once (default: the profile's, else Tune's).
         gpus_per_trial: GPUs per trial (default: the profile's).
         workers_per_trial: > 1 selects the Train-in-Tune mode (a TorchTrainer per trial, no scheduler).
@@ -265,11 +266,12 @@ def run_sweep(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the legacy reporter honours verbose=0; we print our own lines
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     if workers_per_trial < 1:
         raise UserError(f"--workers-per-trial must be >= 1, got {workers_per_trial}")
     exp = load_experiment(name, profile, root=experiments_root)
+    seeds = exp.profile.seeds if seeds is None else seeds
     if exp.profile.data_required and data is None:
         raise UserError(f"profile '{exp.profile_name}' needs --data URL (a folder with train/ and val/ shards)")
     data_train, data_val = resolve_data(data)
