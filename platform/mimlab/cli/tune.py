@@ -10,6 +10,9 @@ from mimlab.cli.common import user_errors
 from mimlab.errors import check_range
 from mimlab.urls import check_ray_address, check_tracking_uri
 
+# MLflow 3.17 opens experiments on its GenAI traces overview unless the UI is switched to model training
+UI_RUNS_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+
 tune_app = typer.Typer(help="Run a sweep from experiments/ (e.g. `platform tune masking-layers`) with Ray Tune.",
                        invoke_without_command=True,
                        # NAME is an argument of the group itself (there are no sub-commands), so options may
@@ -71,7 +74,7 @@ def tune(
     uri = result.tracking_uri
     browse = ui_command(uri) if uri.startswith("sqlite") else uri
     typer.echo(f"\nbrowse and compare: {browse}")
-    typer.echo(f"  then open http://127.0.0.1:5000, experiment 'tune-{result.name}', expand parent run "
+    typer.echo(f"  then open {UI_RUNS_URL}, experiment 'tune-{result.name}', expand parent run "
                f"{result.parent_run_id[:8]}…, tick its child runs and press Compare")
     typer.echo(f"  or: platform runs compare {result.name}")
 

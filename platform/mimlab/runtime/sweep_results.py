@@ -412,7 +412,9 @@ def plot_table(exp: Experiment, table: SweepTable) -> Any:
 
     spec = exp.spec.plot
     baselines = set(spec.baselines) | ({table.block_label} if table.block_label else set())
-    fig, axes = plt.subplots(1, len(table.metrics), figsize=(5.5 * len(table.metrics), 4), squeeze=False)
+    paired = table._has_paired()
+    fig, axes = plt.subplots(2 if paired else 1, len(table.metrics), figsize=(5.5 * len(table.metrics), 8 if paired else 4),
+                             squeeze=False)
     for ax, metric in zip(axes[0], table.metrics, strict=True):
         series = [r for r in table.rows if r.label not in baselines and r.stats[metric][0] is not None]
         xs = list(range(len(series)))
@@ -436,8 +438,25 @@ def plot_table(exp: Experiment, table: SweepTable) -> Any:
         ax.set_xlabel(spec.xlabel or (spec.x or "sweep point"))
         ax.set_ylabel("top-1 (%)" if _scale(metric) == 100 else metric)
         ax.legend(fontsize=8)
+    if paired:
+        for ax, metric in zip(axes[1], table.metrics, strict=True):
+            _plot_paired(ax, table, metric)
     fig.tight_layout()
     return fig
+
+
+def _plot_paired(ax: Any, table: SweepTable, metric: str) -> None:
+    """Row − block matched on seed, with its 95 % interval, per row (the untrained row first)."""
+    rows = [r for r in table.all_rows() if r.paired.get(metric) is not None]
+    xs = list(range(len(rows)))
+    diffs = [r.paired[metric].diff for r in rows]
+    lows = [d - (r.paired[metric].low if r.paired[metric].low is not None else d) for d, r in zip(diffs, rows)]
+    highs = [(r.paired[metric].high if r.paired[metric].high is not None else d) - d for d, r in zip(diffs, rows)]
+    ax.errorbar(xs, diffs, yerr=[lows, highs], fmt="o", capsize=3, color="C3")
+    ax.axhline(0.0, color="k", linewidth=0.8)
+    ax.set_xticks(xs, [r.label for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_title(f"Δ{metric} vs {table.block_label} (paired on seed, 95 % interval)")
+    ax.set_ylabel("points" if _scale(metric) == 100 else metric)
 
 
 def find_parent(uri: str, sweep: str, run_id: str | None = None) -> Any:
@@ -462,8 +481,10 @@ def find_parent(uri: str, sweep: str, run_id: str | None = None) -> Any:
     return runs[0]
 
 
-def compare(*, name: str, tracking_uri: str | None = None, run_id: str | None = None) -> tuple[Any, SweepTable]:
-    """The results table of the latest (or given) sweep of ``name``, read back from the tracking store."""
+def compare(*, name: str, tracking_uri: str | None = None,
+            run_id: str | None = None) -> tuple[Any, SweepTable, Experiment | None]:
+    """The results table of the latest (or given) sweep of ``name``, read back from the tracking store, with the
+    experiment at the sweep's profile (``None`` when its YAML is gone or no longer loads)."""
     from mimlab.runtime import tracking
     from mimlab.runtime.ray_env import apply_default_env
 
@@ -472,10 +493,9 @@ def compare(*, name: str, tracking_uri: str | None = None, run_id: str | None = 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"MLflow store '{uri}' does not exist yet — run `platform tune NAME` first")
     parent = find_parent(uri, name, run_id)
-    metrics = None
+    exp: Experiment | None = None
     try:
-        points = load_experiment(name, parent.data.tags.get("mimlab.profile"), validate_masking=False)
-        metrics = points.spec.plot.metrics
+        exp = load_experiment(name, parent.data.tags.get("mimlab.profile"), validate_masking=False)
     except UserError:
         pass
-    return parent, results_table(uri, parent.info.run_id, metrics=metrics)
+    return parent, results_table(uri, parent.info.run_id, metrics=exp.spec.plot.metrics if exp else None), exp
