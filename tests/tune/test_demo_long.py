@@ -25,12 +25,15 @@ def test_demo_long_runs_table_11_baselines_at_three_seeds_with_localisation():
 
 def test_sweep_takes_the_profiles_seeds_and_logs_cls_localisation(ray_local, exp_dir, mlflow_uri, tmp_path):
     (exp_dir / "seeded.yaml").write_text("name: seeded\ndefault_profile: tiny-seeds\n"
-                                         "sweep:\n  masking.strategy: [block]\n")
+                                         "sweep:\n  masking.strategy: [attmask-high, block]\n")
+    # only the second point (--point block): it keeps its index in the whole sweep and measures the untrained row
     result = run_sweep(name="seeded", tracking_uri=mlflow_uri, storage_path=str(tmp_path / "runs"),
-                       echo=lambda s: None)
+                       points=["block"], echo=lambda s: None)
     assert result.num_errors == 0 and not result.interrupted
     children = [c for c in child_runs(mlflow_uri, result.parent_run_id)]
     assert sorted(int(c.data.params["sweep.seed"]) for c in children) == [0, 1]   # seeds: 2 in the profile
+    assert {c.data.params["sweep.point"] for c in children} == {"1"}
+    assert {c.data.params["masking.strategy"] for c in children} == {"block"}
     for child in children:
         for name in ("cls_pointing", "cls_energy", "cls_pointing_init", "cls_energy_init"):
             assert 0.0 <= child.data.metrics[name] <= 1.0, name
@@ -61,3 +64,9 @@ def test_sweep_takes_the_profiles_seeds_and_logs_cls_localisation(ray_local, exp
 def test_compare_plot_into_a_folder_is_refused_before_reading_the_store(cli_error, tmp_path):
     cli_error(["runs", "compare", "seeded", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}",
                "--plot", str(tmp_path)], "--plot", "existing folder")
+
+
+def test_unknown_point_label_is_one_line_listing_the_points(cli_error, tmp_path):
+    cli_error(["tune", "masking-rollout", "--profile", "demo-long", "--point", "blok",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "runs")],
+              "unknown sweep point", "'blok'", "random block-wise", protect=[tmp_path])

@@ -36,6 +36,8 @@ def tune(
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial (default: the profile's)")] = None,
     workers_per_trial: Annotated[int, typer.Option(help=">1: Train-in-Tune, a multi-worker TorchTrainer per "
                                                         "trial (no early-stopping scheduler)")] = 1,
+    point: Annotated[list[str] | None, typer.Option("--point", help="run only the sweep point with this label "
+                                                                    "(repeat; default: all)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the latest interrupted sweep")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default sqlite:///./mlflow.db)")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default $RAY_ADDRESS or local)")] = None,
@@ -63,7 +65,7 @@ def tune(
 
     result = run_sweep(name=name, profile=profile, data=data, seeds=seeds, max_concurrent=max_concurrent,
                        gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-                       workers_per_trial=workers_per_trial, resume=resume, tracking_uri=tracking_uri,
+                       workers_per_trial=workers_per_trial, points=point, resume=resume, tracking_uri=tracking_uri,
                        address=address, storage_path=storage_path, echo=lambda s: typer.echo(s))
     typer.echo("")
     typer.echo(f"{result.name} [{result.profile}] — mean ± std over seeds "

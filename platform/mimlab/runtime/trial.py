@@ -61,6 +61,11 @@ class TrialRun:
     run_id: str = ""
 
 
+def point_at(points: list[SweepPoint], index: int) -> SweepPoint:
+    """The sweep point with this index (a ``--point`` subset keeps the whole sweep's indices)."""
+    return next(p for p in points if p.index == index)
+
+
 def trial_key(point: int, seed: int) -> str:
     return f"p{point:03d}-s{seed}"
 
@@ -81,7 +86,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from mimlab.runtime import tracking
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    point = ctx.points[int(config["point"])]
+    point = point_at(ctx.points, int(config["point"]))
     seed = int(config["seed"])
     cfg = trial_config(point, seed=seed, data_train=ctx.data_train, data_val=ctx.data_val)
     if ctx.gpus_per_trial > 0:
@@ -175,9 +180,9 @@ def pretrain_and_evaluate(cfg: Any, run: TrialRun) -> dict[str, float]:
     _log_checkpoint(result.checkpoint_dir)
 
     metrics.update(evaluate_checkpoint(result.checkpoint_dir, run, curve=True))
-    if run.point.index == 0:
+    if run.point.index == run.ctx.points[0].index:
         # the `untrained` row: the same evaluation of the network this seed starts from (the init depends on the
-        # model config and seed only, so point 0 of each seed measures it for the whole sweep)
+        # model config and seed only, so the first point of each seed measures it for the whole sweep)
         from mimlab.pretrain.build import build_parts
         from mimlab.pretrain.checkpoint import save_checkpoint
 

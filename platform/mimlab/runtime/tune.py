@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from mimlab.config.experiment import Experiment, load_experiment
-from mimlab.errors import UserError
+from mimlab.errors import UserError, unknown
 from mimlab.runtime.sweep_results import (
     ROLE_TAG, TABLE_METRICS, SweepTable, client_for, close_parent, open_parent, results_table,
 )
-from mimlab.runtime.trial import TrialBody, TrialContext, run_trial, trial_key
+from mimlab.runtime.trial import TrialBody, TrialContext, point_at, run_trial, trial_key
 
 SWEEP_FILE = "mimlab-sweep.json"
 
@@ -226,6 +226,7 @@ def run_sweep(
     gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None,
     workers_per_trial: int = 1,
+    points: list[str] | None = None,
     resume: bool = False,
     tracking_uri: str | None = None,
     address: str | None = None,
@@ -246,6 +247,8 @@ def run_sweep(
         max_concurrent: cap on trials running at once (default: the profile's, else Tune's).
         gpus_per_trial: GPUs per trial (default: the profile's).
         workers_per_trial: > 1 selects the Train-in-Tune mode (a TorchTrainer per trial, no scheduler).
+        points: run only the sweep points with these labels (default all); their indices, seeds and configs are
+            those of the whole sweep, so a point's values reproduce its row of the full table.
         resume: continue the latest interrupted sweep of this experiment/profile.
         tracking_uri: MLflow store (default ``sqlite:///./mlflow.db``); a SQLite store gets a local server.
         address: Ray cluster address (default: ``$RAY_ADDRESS`` or a local runtime).
@@ -272,6 +275,12 @@ def run_sweep(
         raise UserError(f"--workers-per-trial must be >= 1, got {workers_per_trial}")
     exp = load_experiment(name, profile, root=experiments_root)
     seeds = exp.profile.seeds if seeds is None else seeds
+    if points:
+        labels = [p.label for p in exp.points]
+        for label in points:
+            if label not in labels:
+                raise unknown(f"sweep point of '{exp.name}' (profile '{exp.profile_name}')", label, labels)
+        exp.points = [p for p in exp.points if p.label in points]
     if exp.profile.data_required and data is None:
         raise UserError(f"profile '{exp.profile_name}' needs --data URL (a folder with train/ and val/ shards)")
     data_train, data_val = resolve_data(data)
@@ -404,7 +413,7 @@ def _progress_class() -> type:
             self.start = time.monotonic()
 
         def _label(self, trial: Any) -> str:
-            point = self.exp.points[int(trial.config["point"])]
+            point = point_at(self.exp.points, int(trial.config["point"]))
             return f"{point.label} (seed {trial.config['seed']})"
 
         def _clock(self) -> str:
@@ -449,7 +458,7 @@ def _mark_failed(ctx: TrialContext, point: int, seed: int, message: str) -> None
         client.set_tag(run.info.run_id, "mimlab.error", message[:5000])
         client.set_terminated(run.info.run_id, status="FAILED")
     if not any(r.info.status in ("RUNNING", "SCHEDULED", "FAILED") for r in runs):
-        label = ctx.points[point].label
+        label = point_at(ctx.points, point).label
         run = client.create_run(parent.info.experiment_id, run_name=f"{label} · seed {seed}",
                                 tags={"mlflow.parentRunId": ctx.parent_run_id, ROLE_TAG: "trial",
                                       "mimlab.sweep": ctx.sweep, "mimlab.trial_key": key,
