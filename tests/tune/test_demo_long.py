@@ -70,3 +70,11 @@ def test_unknown_point_label_is_one_line_listing_the_points(cli_error, tmp_path)
     cli_error(["tune", "masking-rollout", "--profile", "demo-long", "--point", "blok",
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "runs")],
               "unknown sweep point", "'blok'", "random block-wise", protect=[tmp_path])
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "00:00"), (59.9, "00:59"), (3599, "59:59"), (3600, "1:00:00"),
+                                               (3779, "1:02:59")])
+def test_progress_clock_counts_hours(seconds, text):
+    from mimlab.runtime.tune import clock
+
+    assert clock(seconds) == text

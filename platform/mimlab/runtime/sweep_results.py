@@ -455,7 +455,7 @@ def _plot_paired(ax: Any, table: SweepTable, metric: str) -> None:
     ax.errorbar(xs, diffs, yerr=[lows, highs], fmt="o", capsize=3, color="C3")
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_xticks(xs, [r.label for r in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_title(f"Δ{metric} vs {table.block_label} (paired on seed, 95 % interval)")
+    ax.set_title(f"Δ{metric} vs {table.block_label}\n(paired on seed, 95 % interval)", fontsize=9)
     ax.set_ylabel("points" if _scale(metric) == 100 else metric)
 
 

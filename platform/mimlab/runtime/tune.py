@@ -391,6 +391,13 @@ def _fit(exp: Experiment, ctx: TrialContext, sweep_dir: str, *, seeds: int, cpus
     return tuner.fit()
 
 
+def clock(seconds: float) -> str:
+    """Elapsed time as ``MM:SS``, or ``H:MM:SS`` from one hour on (a sweep of ~1 h must not read 02:59)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
 def _count_done(sweep_dir: str) -> int:
     try:
         from ray.tune import ExperimentAnalysis
@@ -417,7 +424,7 @@ def _progress_class() -> type:
             return f"{point.label} (seed {trial.config['seed']})"
 
         def _clock(self) -> str:
-            return time.strftime("%M:%S", time.gmtime(time.monotonic() - self.start))
+            return clock(time.monotonic() - self.start)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             # in-process trials say phase "pretrain"; Train-in-Tune epochs come through TuneReportCallback bare
