@@ -203,7 +203,7 @@ def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> d
     ks = list(ev["knn_ks"])
     knn = run_knn(checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
                   temperature=float(ev["knn_temperature"]), limit=ev.get("train_limit"), log_mlflow=False,
-                  workers=0, batch_size=ev["batch_size"], **_val_limit(run_knn, ev))
+                  val_limit=ev.get("val_limit"), workers=0, batch_size=ev["batch_size"])
     metrics: dict[str, float] = {"eval.num_val": float(knn["n_val"])}
     metrics["knn_top1"], per_k = knn_figures(knn, ks)
     metrics.update(per_k)
@@ -212,7 +212,7 @@ def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> d
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
                          base_lr=float(ev.get("linear_lr", 0.003)),
                          limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
-                         seed=run.seed, **_val_limit(run_linear, ev))
+                         val_limit=ev.get("val_limit"), seed=run.seed)
         metrics["linear_top1"] = float(lin["best_top1"])
         if curve:
             for epoch, value in enumerate(lin["curve"]):
@@ -233,14 +233,6 @@ def localisation(checkpoint_dir: str, run: TrialRun, limit: int) -> dict[str, fl
                               batch_size=int(run.ctx.evaluation.get("batch_size", 64)), out=out)
     return {"cls_pointing": float(result.table["raw"]["pointing"]),
             "cls_energy": float(result.table["raw"]["energy"])}
-
-
-def _val_limit(fn: Callable[..., Any], ev: dict[str, Any]) -> dict[str, Any]:
-    """Pass ``val_limit`` only to evaluation functions that take it."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    return {"val_limit": ev["val_limit"]} if "val_limit" in params and ev.get("val_limit") else {}
 
 
 def _log_checkpoint(checkpoint_dir: str) -> None:
