@@ -293,12 +293,10 @@ def _augmented_probe(ref: ModelRef, fmodel: FeatureModel, train: str | None, va:
 
 
 def _curve_figure(result: dict):
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = list(range(1, len(result["curve"]) + 1))
     ax.plot(epochs, result["curve"], label="val top-1")
     ax.plot(epochs, result["curve_top5"], label="val top-5", alpha=0.6)
@@ -314,7 +312,6 @@ def _curve_figure(result: dict):
 
 
 def _log_linear(result: dict, uri: str | None, parent_run_id: str | None) -> None:
-    import matplotlib.pyplot as plt
     import mlflow
 
     from mimlab.runtime import tracking
@@ -331,7 +328,6 @@ def _log_linear(result: dict, uri: str | None, parent_run_id: str | None) -> Non
         mlflow.log_dict(result, "linear.json")
         fig = _curve_figure(result)
         mlflow.log_figure(fig, "linear_curve.png")
-        plt.close(fig)
 
 
 def linear_table(result: dict) -> str:
