@@ -35,6 +35,55 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A ``platform pretrain``-format checkpoint of the micro ViT (``tiny_assets.ARCH``, 10-class head) whose
+    teacher and student weights differ: ``backbone.json``, ``teacher_/student_backbone.safetensors``."""
+    from tiny_assets import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint") / "ckpt")
+
+
+@pytest.fixture()
+def tiny_vit():
+    """A fresh seeded micro timm ViT (``tiny_assets.ARCH``, 10-class head), in eval mode."""
+    from tiny_assets import tiny_vit as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory):
+    """A 200-image synthetic root (32 px, 4 classes, labels and masks): ``train/`` (150) and ``val/`` (50)."""
+    from tiny_assets import write_shards
+
+    return str(write_shards(tmp_path_factory.mktemp("synthetic-shards")))
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """A 2-node ``ray.cluster_utils.Cluster`` (2 CPUs a node) this process is connected to; afterwards the
+    session's local Ray runtime (the ``ray_local`` one) is back if one was up before, else Ray stays down."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from mimlab.runtime.ray_env import ensure_ray
+
+    was_up = ray.is_initialized()
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if was_up:
+            ensure_ray(num_cpus=2)
+
+
 @pytest.fixture()
 def mlflow_uri(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store per test."""

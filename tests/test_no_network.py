@@ -83,7 +83,8 @@ def test_the_guard_really_refuses_a_non_loopback_connection(offline_env, tmp_pat
 def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("errors_inputs", ROOT / "tests" / "errors" / "conftest.py")
+    # by file: "from conftest import" would pick another folder's conftest
+    spec = importlib.util.spec_from_file_location("error_inputs", ROOT / "tests" / "errors" / "error_inputs.py")
     inputs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(inputs)
     TINY_RECIPE, png_bytes = inputs.TINY_RECIPE, inputs.png_bytes

@@ -57,7 +57,7 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path, make_imagefolder):
     assert [pq.read_table(tmp_path / "out" / n).num_rows for n in ("part-00000.parquet", "part-00001.parquet")] == [2, 1]
 
 
-def test_cli_shard_info_and_errors(tmp_path, make_imagefolder):
+def test_cli_shard_then_info_counts_the_images(tmp_path, make_imagefolder):
     make_imagefolder(tmp_path / "src", {"a": 2, "b": 1})
     runner = CliRunner()
     res = runner.invoke(app, ["data", "shard", str(tmp_path / "src"), str(tmp_path / "out"), "--per-class-limit", "1"])
@@ -65,15 +65,24 @@ def test_cli_shard_info_and_errors(tmp_path, make_imagefolder):
     assert "2 images, 2 classes" in res.output
     res = runner.invoke(app, ["data", "info", str(tmp_path / "out")])
     assert res.exit_code == 0 and "images: 2" in res.output
+
+
+def test_cli_shard_of_a_tree_with_a_non_image_is_one_error_line(tmp_path, make_imagefolder, cli_error):
+    make_imagefolder(tmp_path / "src", {"a": 2, "b": 1})
     (tmp_path / "src" / "a" / "readme.txt").write_text("x")
-    for args, needle in ([["data", "shard", str(tmp_path / "src"), str(tmp_path / "o2")], "not an image file"],
-                         [["data", "info", str(tmp_path / "missing")], "no such file or folder"],
-                         [["data", "info", "foo://bucket/x"], "unknown URL scheme"],
-                         [["data", "synth", str(tmp_path / "s"), "--classes", "20"], "--classes"]):
-        res = runner.invoke(app, args)
-        assert res.exit_code == 2, res.output
-        assert needle in res.output and "Traceback" not in res.output
-        assert len(res.output.strip().splitlines()) == 1
+    cli_error(["data", "shard", tmp_path / "src", tmp_path / "o2"], "readme.txt", "not an image file",
+              protect=[tmp_path / "src"])
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["data", "info", "{tmp}/missing"], ["{tmp}/missing", "no such file or folder"]),
+    (["data", "info", "foo://bucket/x"], ["foo://bucket/x", "unknown URL scheme"]),
+    (["data", "synth", "{tmp}/s", "--classes", "20"], ["--classes"]),
+])
+def test_cli_info_and_synth_bad_input_is_one_error_line(tmp_path, args, expected, cli_error):
+    fill = lambda items: [a.replace("{tmp}", str(tmp_path)) for a in items]  # noqa: E731
+    cli_error(fill(args), *fill(expected))
+    assert not (tmp_path / "s").exists()
 
 
 def test_cli_synth_twice_identical(tmp_path):

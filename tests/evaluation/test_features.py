@@ -16,9 +16,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 @pytest.fixture(scope="module")
 def vit():
-    torch.manual_seed(0)
-    return create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=5, num_heads=2,
-                           num_classes=0)
+    from tiny_assets import tiny_vit
+
+    return tiny_vit(depth=5, num_classes=0)
 
 
 def test_vit_features_match_timm_intermediates(vit):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from tiny_assets import ARCH
+from tiny_assets import tiny_vit as build_vit
+
 from mimlab.models.loading import LoadedModel
-from mimlab.models.vit import create_backbone
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -26,11 +28,10 @@ class TinyCNN(nn.Module):
 
 
 def tiny_vit(seed: int = 0, **kw) -> LoadedModel:
-    torch.manual_seed(seed)
-    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=4)
-    args.update(kw)
-    model = create_backbone("vit_tiny_patch16_224", **args)
-    return LoadedModel(model, "vit", MEAN, STD, args["img_size"], "tiny-vit")
+    """The shared micro ViT (tests/tiny_assets.py) with 3 blocks and 4 classes unless ``kw`` says otherwise."""
+    args = {"depth": 3, "num_classes": 4, **kw}
+    model = build_vit(seed=seed, **args)
+    return LoadedModel(model, "vit", MEAN, STD, args.get("img_size", ARCH["img_size"]), "tiny-vit")
 
 
 def tiny_cnn(seed: int = 0) -> LoadedModel:

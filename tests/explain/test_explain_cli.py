@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mimlab.cli import app
 from mimlab.models.vit import create_backbone
-
-KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +19,6 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain-cli")
     Image.fromarray(skimage.data.chelsea()).save(root / "chelsea.png")
     Image.fromarray(skimage.data.astronaut()).save(root / "astronaut.jpg")
-    ckpt = root / "ckpt"
-    ckpt.mkdir()
-    torch.manual_seed(0)
-    model = create_backbone("vit_tiny_patch16_224", **KW)
-    for name in ("teacher_backbone.safetensors", "student_backbone.safetensors"):
-        save_file(model.state_dict(), str(ckpt / name))
-    (ckpt / "backbone.json").write_text(json.dumps({"timm_name": "vit_tiny_patch16_224", "kwargs": KW,
-                                                    "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                                                    "epoch": 1}))
     return root
 
 
@@ -40,11 +26,11 @@ def _run(*args):
     return CliRunner().invoke(app, ["explain", *map(str, args)])
 
 
-def test_explain_writes_overlays_grid_and_npz(files, tmp_path):
+def test_explain_writes_overlays_grid_and_npz(files, tiny_checkpoint, tmp_path):
     methods = ["raw:layer=2", "rollout:layers=1-3,order=ascending", "gradcam"]
     out = tmp_path / "out"
     npz = tmp_path / "maps.npz"
-    args = [files / "chelsea.png", files / "astronaut.jpg", "--model", files / "ckpt", "--out", out,
+    args = [files / "chelsea.png", files / "astronaut.jpg", "--model", tiny_checkpoint, "--out", out,
             "--save-maps", npz]
     for m in methods:
         args += ["--method", m]
@@ -65,9 +51,9 @@ def test_explain_writes_overlays_grid_and_npz(files, tmp_path):
         assert not np.allclose(data[methods[0]][0], data[methods[0]][1])  # two different photographs
 
 
-def test_all_methods_and_img_size(files, tmp_path):
+def test_all_methods_and_img_size(files, tiny_checkpoint, tmp_path):
     npz = tmp_path / "all.npz"
-    result = _run(files / "chelsea.png", "--model", files / "ckpt", "--all", "--img-size", 48, "--target", 3,
+    result = _run(files / "chelsea.png", "--model", tiny_checkpoint, "--all", "--img-size", 48, "--target", 3,
                   "--mean", 0.4, 0.4, 0.4, "--std", 0.2, 0.2, 0.2, "--out", tmp_path / "o", "--save-maps", npz)
     assert result.exit_code == 0, result.output
     from mimlab.explain import EXPLAINERS
@@ -83,27 +69,33 @@ def test_all_methods_and_img_size(files, tmp_path):
     "extra,match",
     [
         (["--method", "rolout"], "did you mean 'rollout'"),
-        (["--method", "raw:layer=7"], "layer 7 is outside 1..3"),
+        (["--method", "raw:layer=7"], "layer 7 is outside 1..4"),
         (["--target", "99"], "--target 99 is outside 0..9"),
         (["--std", "0", "1", "1"], "--std values must be > 0"),
     ],
 )
-def test_bad_options_exit_2_one_line(files, tmp_path, extra, match):
-    result = _run(files / "chelsea.png", "--model", files / "ckpt", "--out", tmp_path, *extra)
-    assert result.exit_code == 2
-    assert match in result.output and "Traceback" not in result.output
+def test_bad_options_exit_2_one_line(files, tiny_checkpoint, tmp_path, extra, match, cli_error):
+    cli_error(["explain", files / "chelsea.png", "--model", tiny_checkpoint, "--out", tmp_path, *extra], match,
+              protect=[tiny_checkpoint])
 
 
-def test_bad_files_and_models(files, tmp_path):
-    missing = _run(tmp_path / "nope.jpg", "--model", files / "ckpt")
-    assert missing.exit_code == 2 and "image" in missing.output and "does not exist" in missing.output
+def test_missing_image_is_one_error_line(files, tiny_checkpoint, tmp_path, cli_error):
+    cli_error(["explain", tmp_path / "nope.jpg", "--model", tiny_checkpoint], "nope.jpg", "does not exist")
+
+
+def test_unreadable_image_is_one_error_line(files, tiny_checkpoint, tmp_path, cli_error):
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    bad = _run(tmp_path / "bad.png", "--model", files / "ckpt")
-    assert bad.exit_code == 2 and "unreadable" in bad.output
-    custom = _run(files / "chelsea.png", "--model", "no_such_pkg_q.models:build")
-    assert custom.exit_code == 2 and "cannot import module 'no_such_pkg_q.models'" in custom.output
+    cli_error(["explain", tmp_path / "bad.png", "--model", tiny_checkpoint], "bad.png", "unreadable",
+              protect=[tmp_path / "bad.png"])
+
+
+def test_unimportable_model_callable_is_one_error_line(files, cli_error):
+    cli_error(["explain", files / "chelsea.png", "--model", "no_such_pkg_q.models:build"],
+              "cannot import module 'no_such_pkg_q.models'")
+
+
+def test_weights_of_another_architecture_name_the_first_mismatched_tensor(files, tmp_path, cli_error):
     w = tmp_path / "w.pth"
     torch.save(create_backbone("resnet18", num_classes=3).state_dict(), w)
-    mismatch = _run(files / "chelsea.png", "--model", "resnet34", "--weights", w, "--img-size", 32)
-    assert mismatch.exit_code == 2 and "tensor 'layer1.2.conv1.weight'" in mismatch.output
-    assert "Traceback" not in mismatch.output
+    cli_error(["explain", files / "chelsea.png", "--model", "resnet34", "--weights", w, "--img-size", 32],
+              "tensor 'layer1.2.conv1.weight'", protect=[w])

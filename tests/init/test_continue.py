@@ -24,15 +24,15 @@ def _eval_knn(folder, data) -> float:
 
 
 def test_first_online_knn_of_a_continued_run_equals_eval_knn_of_its_checkpoint(micro_cfg, tmp_path, capsys,
-                                                                                small_data, mlflow_uri):
+                                                                                synthetic_shards, mlflow_uri):
     src = _checkpoint(micro_cfg("train.seed=3"), tmp_path / "src")
     untrained = _checkpoint(micro_cfg(), tmp_path / "untrained")  # what the same run starts from without init
     cfg = micro_cfg("eval.knn_every=1", "eval.knn_train_limit=150", "train.steps_per_epoch=1", f"model.init={src}")
-    cont = run_pretrain(cfg, data=small_data, name="cont", storage_path=str(tmp_path / "runs"), workers=0)
+    cont = run_pretrain(cfg, data=synthetic_shards, name="cont", storage_path=str(tmp_path / "runs"), workers=0)
     assert "init: backbone and iBOT head from the teacher" in capsys.readouterr().err
-    evaluated = _eval_knn(src, small_data)
+    evaluated = _eval_knn(src, synthetic_shards)
     assert cont.metrics["knn_top1_init"] == evaluated
-    assert _eval_knn(untrained, small_data) != evaluated
+    assert _eval_knn(untrained, synthetic_shards) != evaluated
 
 
 def test_the_continued_student_and_teacher_start_from_the_checkpoint_teacher(micro_cfg, tmp_path):

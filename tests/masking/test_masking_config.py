@@ -69,12 +69,9 @@ def test_attmask_from_reads_the_explainer_score():
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    from mimlab.models.vit import create_backbone
+    from tiny_assets import tiny_vit as build
 
-    torch.manual_seed(0)
-    return create_backbone(
-        "vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=DEPTH, num_heads=2, num_classes=0
-    )
+    return build(patch_size=4, depth=DEPTH, num_classes=0)
 
 
 def test_real_teacher_capture_one_forward(tiny_vit):

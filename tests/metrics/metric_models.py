@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tiny_assets import tiny_vit as build_vit
 from torch import nn
 
 
@@ -22,21 +23,8 @@ def tiny_cnn(num_classes: int = 5, seed: int = 0) -> nn.Module:
 
 
 def tiny_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
-    """A 2-block timm ViT on 32 px images with 8 px patches."""
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=num_classes,
-    )
-    return model.eval()
+    """The shared micro ViT (tests/tiny_assets.py) with 2 blocks."""
+    return build_vit(num_classes=num_classes, seed=seed, depth=2)
 
 
 class RegionModel(nn.Module):

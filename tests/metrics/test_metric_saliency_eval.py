@@ -97,44 +97,28 @@ def test_cli_writes_every_output_and_a_findable_mlflow_run_and_workers_do_not_ch
     assert (out1 / "per_image.csv").read_bytes() == (out2 / "per_image.csv").read_bytes()
 
 
-def _run(args):
-    return CliRunner().invoke(app, ["evaluate", "saliency", *args])
-
-
-def test_unknown_metric_and_method_fail_in_one_line_without_results(tiny_checkpoint, tmp_path, mlflow_uri):
+def test_unknown_metric_and_method_fail_in_one_line_without_results(tiny_checkpoint, tmp_path, mlflow_uri,
+                                                                    cli_error):
     out = tmp_path / "bad"
-    res = _run(["--model", str(tiny_checkpoint), "--metrics", "ad,insertoin", "--out", str(out)])
-    assert res.exit_code == 2 and "unknown metric 'insertoin'" in res.output and "Traceback" not in res.output
-    res = _run(["--model", str(tiny_checkpoint), "--method", "rawx", "--out", str(out)])
-    assert res.exit_code == 2 and "unknown method 'rawx'" in res.output
-    assert not (out / "results.json").exists()
+    base = ["evaluate", "saliency", "--model", str(tiny_checkpoint), "--out", str(out)]
+    cli_error([*base, "--metrics", "ad,insertoin"], "unknown metric 'insertoin'")
+    cli_error([*base, "--method", "rawx"], "unknown method 'rawx'")
+    assert not out.exists()
 
 
-def test_mask_metric_on_data_without_masks_fails(tiny_checkpoint, tmp_path, mlflow_uri):
+def test_mask_metric_on_data_without_masks_fails(tiny_checkpoint, tmp_path, mlflow_uri, cli_error):
     tree = tmp_path / "tree"
     for cls in ("a", "b"):
         (tree / cls).mkdir(parents=True)
         Image.fromarray(np.full((32, 32, 3), 80, np.uint8)).save(tree / cls / "x.png")
     out = tmp_path / "o"
-    res = _run(
-        [
-            "--model",
-            str(tiny_checkpoint),
-            "--data",
-            str(tree),
-            "--metrics",
-            "ad,pointing",
-            "--method",
-            "raw",
-            "--out",
-            str(out),
-        ]
-    )
-    assert res.exit_code == 2 and "no foreground masks" in res.output and "pointing" in res.output
+    cli_error(["evaluate", "saliency", "--model", str(tiny_checkpoint), "--data", str(tree), "--metrics",
+               "ad,pointing", "--method", "raw", "--out", str(out)], "no foreground masks", "pointing",
+              protect=[tree])
     assert not (out / "results.json").exists()
 
 
-def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri):
+def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri, cli_error):
     from mimlab.data.sources import encode_png
 
     img = encode_png(np.full((32, 32, 3), 80, np.uint8))
@@ -149,22 +133,8 @@ def test_labels_missing_for_ad_fails(tiny_checkpoint, tmp_path, mlflow_uri):
     )
     pq.write_table(table, shard / "part-00000.parquet")
     out = tmp_path / "o"
-    res = _run(
-        [
-            "--model",
-            str(tiny_checkpoint),
-            "--data",
-            str(shard),
-            "--metrics",
-            "ad,ai",
-            "--method",
-            "raw",
-            "--out",
-            str(out),
-        ]
-    )
-    assert res.exit_code == 2, res.output
-    assert "has no label" in res.output or "label" in res.output
+    cli_error(["evaluate", "saliency", "--model", str(tiny_checkpoint), "--data", str(shard), "--metrics", "ad,ai",
+               "--method", "raw", "--out", str(out)], "u0.png", "has no label", protect=[shard])
     assert not (out / "results.json").exists()
 
 

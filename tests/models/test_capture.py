@@ -10,10 +10,10 @@ from mimlab.models.vit import create_backbone
 
 
 def _tiny_vit(name="vit_tiny_patch16_224", **kw):
-    torch.manual_seed(0)
-    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5)
-    args.update(kw)
-    return create_backbone(name, **args)
+    """The shared micro ViT (tests/tiny_assets.py) as timm model ``name``, 3 blocks, 5 classes."""
+    from tiny_assets import tiny_vit
+
+    return tiny_vit(name=name, **{"depth": 3, "num_classes": 5, **kw})
 
 
 def _manual_internals(model, x):

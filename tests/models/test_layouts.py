@@ -103,7 +103,7 @@ def test_explain_cli_maps_equal_the_source_networks_maps(layout, tmp_path):
 
 
 @pytest.mark.parametrize("layout", sorted(layouts.ALL))
-def test_knn_of_each_layout_equals_knn_of_its_source_tensors(layout, tmp_path, small_data):
+def test_knn_of_each_layout_equals_knn_of_its_source_tensors(layout, tmp_path, synthetic_shards):
     from mimlab.data.sources import decode_rgb, load_records
     from mimlab.data.transforms import eval_transform
     from mimlab.evaluation.api import run_knn
@@ -113,13 +113,13 @@ def test_knn_of_each_layout_equals_knn_of_its_source_tensors(layout, tmp_path, s
     w = layouts.ALL[layout](tmp_path)
     model, weights = _model_arg(w)
     student = w.student is not None
-    res = run_knn(model, weights=weights, student=student, train=small_data, val=small_data, ks=(5,), limit=LIMIT,
+    res = run_knn(model, weights=weights, student=student, train=synthetic_shards, val=synthetic_shards, ks=(5,), limit=LIMIT,
                   log_mlflow=False, workers=0)
     # independent path: torch's load_state_dict of the source tensors + extract + knn_classify
     src = _source_model(w.student if student else w.teacher, classifier=layout == "deit")
     feats = {}
     for split in ("train", "val"):
-        recs = load_records(small_data, split=split, limit=LIMIT)
+        recs = load_records(synthetic_shards, split=split, limit=LIMIT)
         imgs = np.stack([eval_transform(decode_rgb(r.image), 32) for r in recs])
         feats[split] = extract(src, [(imgs, [r.label for r in recs])], mean=src.pretrained_cfg["mean"],
                                std=src.pretrained_cfg["std"])

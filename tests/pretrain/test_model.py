@@ -1,13 +1,13 @@
 import torch
 
 from mimlab.models.ibot import IBOTHead, IBOTStudent, MaskedViT, teacher_forward
-from mimlab.models.vit import create_backbone
 
 
 def _vit(**kw):
-    torch.manual_seed(0)
-    return create_backbone("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                           num_classes=0, dynamic_img_size=True, **kw)
+    """The shared micro ViT (tests/tiny_assets.py) at 16 px, 4 px patches, 2 blocks, any input size."""
+    from tiny_assets import tiny_vit
+
+    return tiny_vit(img_size=16, patch_size=4, depth=2, num_classes=0, dynamic_img_size=True, **kw)
 
 
 def test_unmasked_forward_equals_timm_forward_features():

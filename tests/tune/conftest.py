@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+from sweeps import HERE
 
 
 @pytest.fixture()
@@ -27,10 +26,3 @@ def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow")
     with MlflowServer(f"sqlite:///{folder / 'mlflow.db'}") as server:
         yield server.url
-
-
-def write_sweep(root: Path, name: str, strategies: list[str], profile: str = "tiny") -> None:
-    """A sweep over masking strategies at the tiny profile, named ``name``."""
-    values = ", ".join(f'"{s}"' for s in strategies)
-    (root / f"{name}.yaml").write_text(
-        f"name: {name}\ndefault_profile: {profile}\nsweep:\n  masking.strategy: [{values}]\n")

@@ -4,34 +4,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from conftest import write_sweep
+from sweeps import write_sweep
 from mimlab.runtime.tune import run_sweep
-
-
-@pytest.fixture()
-def two_node_cluster():
-    """Two 1-CPU nodes; the session's local Ray (if any) is put back afterwards."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    was_up = ray.is_initialized()
-    if was_up:
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if was_up:
-            from mimlab.runtime.ray_env import ensure_ray
-
-            ensure_ray(num_cpus=2)
 
 
 def test_trials_are_placed_on_both_nodes(two_node_cluster, exp_dir, mlflow_server, tmp_path):
@@ -43,11 +17,11 @@ def test_trials_are_placed_on_both_nodes(two_node_cluster, exp_dir, mlflow_serve
         import ray
 
         (seen / f"{run.point.index}.txt").write_text(ray.get_runtime_context().get_node_id())
-        time.sleep(3)   # both trials hold their node's only CPU at the same time
+        time.sleep(3)   # both trials hold all of their node's 2 CPUs at the same time
         return {"knn_top1": 1.0, "linear_top1": 1.0}
 
     result = run_sweep(name="two-node-sweep", tracking_uri=mlflow_server, storage_path=str(tmp_path / "runs"),
-                       body=body, max_concurrent=2, cpus_per_trial=1, echo=lambda s: None)
+                       body=body, max_concurrent=2, cpus_per_trial=2, echo=lambda s: None)
     assert result.num_errors == 0 and result.table.finished == 2
     nodes = {p.read_text() for p in seen.glob("*.txt")}
     assert len(nodes) == 2, nodes

@@ -83,7 +83,8 @@ def test_contrastive_grid_sizes():
 def test_unknown_experiment_and_profile_list_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown experiment 'masking-layer' \(did you mean 'masking-layers'\?\)"):
         load_experiment("masking-layer", root=REPO_EXPERIMENTS)
-    with pytest.raises(UserError, match=r"unknown profile 'dmo'.*valid: cifar10, demo, imagenet-20pct"):
+    with pytest.raises(UserError, match=r"unknown profile 'dmo' \(did you mean 'demo'\?\); "
+                                        r"valid: cifar10, demo, demo-long, imagenet-20pct, imagenet-full$"):
         load_experiment("masking-layers", "dmo", root=REPO_EXPERIMENTS)
 
 
@@ -114,7 +115,6 @@ def test_typos_anywhere_fail_on_load(exp_dir):
 
 
 def test_bad_masking_strategy_fails_on_load(exp_dir):
-    pytest.importorskip("mimlab.masking")
     _write(exp_dir, "sweep:\n  masking.strategy: [block, 'attmask-raw:layer=3']\n")   # tiny ViT has 2 blocks
     with pytest.raises(UserError, match=r"sweep point 'attmask-raw:layer=3'"):
         load_experiment("bad")

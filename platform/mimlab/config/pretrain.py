@@ -140,6 +140,9 @@ class TrainConfig(_Section):
     gpus_per_worker: float = Field(1, gt=0)
     storage_path: str = "./runs"
     max_failures: int = Field(1, ge=0)
+    # Ray Train's placement of the workers' bundles: PACK (fewest nodes), SPREAD (across nodes, best effort),
+    # STRICT_SPREAD (one worker per node, or the workers never start)
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     seed: int = 0
     steps_per_epoch: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)

@@ -50,6 +50,11 @@ def _check_workers(workers: int, batch_size: int) -> None:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
 
 
+def _val(limit: int | None, val_limit: int | None) -> int | None:
+    """The val split's image limit: ``val_limit`` when given, else the shared ``limit``."""
+    return limit if val_limit is None else val_limit
+
+
 def _write_json(out: str | Path | None, name: str, result: dict) -> str | None:
     if out is None:
         return None
@@ -75,6 +80,7 @@ def run_knn(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.07,
     limit: int | None = None,
+    val_limit: int | None = None,
     out: str | Path | None = None,
     log_mlflow: bool = True,
     batch_size: int = 128,
@@ -93,6 +99,7 @@ def run_knn(
         ks: neighbour counts, all evaluated in one pass.
         temperature: vote temperature T.
         limit: use only the first ``limit`` images of each split.
+        val_limit: use only the first ``val_limit`` val images instead (``None`` = ``limit``).
         out: folder for ``knn.json``.
         log_mlflow: log params/metrics/JSON to MLflow (off inside sweeps that log themselves).
         batch_size: images per forward.
@@ -109,7 +116,8 @@ def run_knn(
     fmodel = FeatureModel(ref, n_last_blocks=1)
     t0 = time.perf_counter()
     tr = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers, n_last_blocks=1)
-    va = _features(ref, fmodel, val, "val", limit=limit, batch_size=batch_size, workers=workers, n_last_blocks=1)
+    va = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size, workers=workers,
+                   n_last_blocks=1)
     t_feat = time.perf_counter() - t0
     res = knn_classify(tr["knn"], tr["label"], va["knn"], va["label"], ks=ks, temperature=temperature,
                        chunk_size=chunk_size)
@@ -166,6 +174,7 @@ def run_linear(
     base_lr: float = 0.003,
     batch_size: int = 256,
     limit: int | None = None,
+    val_limit: int | None = None,
     out: str | Path | None = None,
     log_mlflow: bool = True,
     workers: int = 1,
@@ -176,7 +185,8 @@ def run_linear(
     """Linear probe on the frozen backbone's last-``n_last_blocks`` [cls] concatenation.
 
     Args:
-        model, weights, student, train, val, limit, out, log_mlflow, workers, tracking_uri, parent_run_id: as in
+        model, weights, student, train, val, limit, val_limit, out, log_mlflow, workers, tracking_uri,
+            parent_run_id: as in
             :func:`run_knn` (``out`` receives ``linear.json`` and ``linear_curve.png``).
         epochs: cosine schedule length; val top-1 after every epoch.
         reach: report the first epoch whose val top-1 is >= this (%).
@@ -195,7 +205,7 @@ def run_linear(
     fmodel = FeatureModel(ref, n_last_blocks=n_last_blocks)
     size = fmodel.loaded.img_size
     t0 = time.perf_counter()
-    va = _features(ref, fmodel, val, "val", limit=limit, batch_size=batch_size, workers=workers,
+    va = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size, workers=workers,
                    n_last_blocks=fmodel.n_last_blocks)
     if cached_features:
         tr = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers,
@@ -283,12 +293,10 @@ def _augmented_probe(ref: ModelRef, fmodel: FeatureModel, train: str | None, va:
 
 
 def _curve_figure(result: dict):
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = list(range(1, len(result["curve"]) + 1))
     ax.plot(epochs, result["curve"], label="val top-1")
     ax.plot(epochs, result["curve_top5"], label="val top-5", alpha=0.6)
@@ -304,7 +312,6 @@ def _curve_figure(result: dict):
 
 
 def _log_linear(result: dict, uri: str | None, parent_run_id: str | None) -> None:
-    import matplotlib.pyplot as plt
     import mlflow
 
     from mimlab.runtime import tracking
@@ -321,7 +328,6 @@ def _log_linear(result: dict, uri: str | None, parent_run_id: str | None) -> Non
         mlflow.log_dict(result, "linear.json")
         fig = _curve_figure(result)
         mlflow.log_figure(fig, "linear_curve.png")
-        plt.close(fig)
 
 
 def linear_table(result: dict) -> str:

@@ -43,14 +43,12 @@ def save_grid(images: Sequence[np.ndarray], names: Sequence[str], maps: dict[str
         maps: ``{method spec: float [num_images,H,W]}``.
         path: output PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
     methods = list(maps)
     rows, cols = len(images), len(methods) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, (img, name) in enumerate(zip(images, names)):
         axes[r, 0].imshow(img)
         axes[r, 0].set_ylabel(name, fontsize=7)
@@ -64,4 +62,3 @@ def save_grid(images: Sequence[np.ndarray], names: Sequence[str], maps: dict[str
         axes[0, c].set_title(method, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

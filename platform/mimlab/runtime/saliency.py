@@ -325,16 +325,12 @@ def plot_table(
     intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
 ) -> None:
     """One bar panel per metric comparing the methods; error bars = the 95 % intervals when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
     methods = list(table)
     metrics = list(next(iter(table.values()))) if table else []
-    fig, axes = plt.subplots(
-        1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.4), squeeze=False
-    )
+    fig = Figure(figsize=(3.2 * max(1, len(metrics)), 3.4))
+    axes = fig.subplots(1, max(1, len(metrics)), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         vals = np.array([table[m][metric] for m in methods], dtype=float)
         yerr = None
@@ -350,7 +346,6 @@ def plot_table(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def format_table(

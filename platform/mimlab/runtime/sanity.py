@@ -107,13 +107,11 @@ def _cell(values: np.ndarray) -> dict[str, Any]:
 
 def plot_sanity(summary: dict[str, Any], path: Path, title: str) -> None:
     """Cascading curves (Adebayo Fig. 2): x = blocks randomised so far (output first), y = similarity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
     steps = ["original", *summary["steps"]]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.45 * len(steps) * 2), 3.8), squeeze=False)
+    fig = Figure(figsize=(max(6.0, 0.45 * len(steps) * 2), 3.8))
+    axes = fig.subplots(1, 2, squeeze=False)
     for ax, measure in zip(axes[0], MEASURES):
         for method, row in summary["methods"].items():
             if "cascading" not in row:
@@ -134,7 +132,6 @@ def plot_sanity(summary: dict[str, Any], path: Path, title: str) -> None:
     fig.suptitle(title + " · bands: 95 % bootstrap interval over images", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def format_sanity(summary: dict[str, Any]) -> str:

@@ -405,16 +405,13 @@ def plot_table(exp: Experiment, table: SweepTable) -> Any:
     baselines (and the untrained model) as lines with their interval as a band."""
     if not table.rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend (a notebook's inline one) stays as is
 
     spec = exp.spec.plot
     baselines = set(spec.baselines) | ({table.block_label} if table.block_label else set())
     paired = table._has_paired()
-    fig, axes = plt.subplots(2 if paired else 1, len(table.metrics), figsize=(5.5 * len(table.metrics), 8 if paired else 4),
-                             squeeze=False)
+    fig = Figure(figsize=(5.5 * len(table.metrics), 8 if paired else 4))
+    axes = fig.subplots(2 if paired else 1, len(table.metrics), squeeze=False)
     for ax, metric in zip(axes[0], table.metrics, strict=True):
         series = [r for r in table.rows if r.label not in baselines and r.stats[metric][0] is not None]
         xs = list(range(len(series)))

@@ -25,9 +25,11 @@ from mimlab.pretrain.loop import PretrainResult, resolve_config
 
 RUN_FILE = "mimlab-run.json"
 ERROR_TAG = "mimlab.error"
+NODES_TAG = "mimlab.worker_nodes"
+"""Tag of a pretraining run: the Ray node id of every training worker, in rank order (a JSON list), per start."""
 # Keys that may differ when a run is resumed by name: how it is run, not what it computes.
 RUNTIME_KEYS = ("train.num_workers", "train.use_gpu", "train.gpus_per_worker", "train.storage_path",
-                "train.max_failures", "train.log_every")
+                "train.max_failures", "train.log_every", "train.placement")
 
 
 class MlflowSink:
@@ -82,6 +84,9 @@ class MlflowSink:
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         self._metrics(metrics, epoch)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         self.client.log_image(self.run_id, image, key=key, step=step)
@@ -313,6 +318,7 @@ def _train_fn(config: dict[str, Any], session: Any = None) -> None:
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         parts.student = DistributedDataParallel(parts.student, device_ids=ids)
+    nodes = _worker_nodes(world)   # a collective: every rank takes part
     inject = config.get("inject_failure")
     sink = monitor = None
     error: str | None = None
@@ -323,6 +329,7 @@ def _train_fn(config: dict[str, Any], session: Any = None) -> None:
         sink = MlflowSink(ml["uri"], ml["experiment"], ml["name"], run_id=given or history.get("mlflow_run_id"),
                           params=cfg.resolved(), parent_run_id=ml.get("parent_run_id"), owned=not given)
         history["mlflow_run_id"] = sink.run_id
+        sink.set_tag(NODES_TAG, json.dumps(nodes))
         launch = int(history.get("launches", 0))
         history["launches"] = launch + 1
         sink.log_epoch(launch, {"start_epoch": start})  # one point per (re)start: a restart from 0 shows at once
@@ -391,6 +398,20 @@ def _inject(inject: dict[str, Any] | None, rank: int, epoch: int, done: bool = F
 
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected worker failure at epoch {epoch}")
+
+
+def _worker_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order (all ranks call it: an all-gather over the process group)."""
+    import ray
+
+    mine = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    nodes: list[str | None] = [None] * world
+    dist.all_gather_object(nodes, mine)
+    return [str(n) for n in nodes]
 
 
 def _teacher_spread(teacher) -> float:
@@ -600,7 +621,8 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
                            "mlflow": {"uri": uri, "experiment": experiment, "name": name, "run_id": mlflow_run_id,
                                       "parent_run_id": parent_run_id}},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=resources if train.num_workers > 0 else None),
+                                     resources_per_worker=resources if train.num_workers > 0 else None,
+                                     placement_strategy=train.placement),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or None,
                              # a worker group that cannot start fails after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
                              # instead of being retried forever (Ray's default limit is -1 = no limit)

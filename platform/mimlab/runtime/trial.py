@@ -204,25 +204,25 @@ def evaluate_checkpoint(checkpoint_dir: str, run: TrialRun, *, curve: bool) -> d
 
     from mimlab.evaluation.api import run_knn, run_linear
 
-    ev = run.ctx.evaluation
+    ev = run.ctx.evaluation   # EvaluationSpec.model_dump(): every key is there, each read by its one name
     ks = list(ev["knn_ks"])
     knn = run_knn(checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val, ks=tuple(ks),
-                  temperature=float(ev["knn_temperature"]), limit=ev.get("train_limit"), log_mlflow=False,
-                  workers=0, batch_size=ev["batch_size"], **_val_limit(run_knn, ev))
+                  temperature=float(ev["knn_temperature"]), limit=ev["train_limit"], log_mlflow=False,
+                  val_limit=ev["val_limit"], workers=0, batch_size=ev["batch_size"])
     metrics: dict[str, float] = {"eval.num_val": float(knn["n_val"])}
     metrics["knn_top1"], per_k = knn_figures(knn, ks)
     metrics.update(per_k)
-    if ev.get("linear", True):
+    if ev["linear"]:
         lin = run_linear(checkpoint_dir, train=run.ctx.data_train, val=run.ctx.data_val,
                          epochs=int(ev["linear_epochs"]), cached_features=bool(ev["cached_features"]),
-                         base_lr=float(ev.get("linear_lr", 0.003)),
-                         limit=ev.get("train_limit"), log_mlflow=False, workers=0, batch_size=ev["batch_size"],
-                         seed=run.seed, **_val_limit(run_linear, ev))
+                         base_lr=float(ev["linear_lr"]),
+                         limit=ev["train_limit"], log_mlflow=False, workers=0, batch_size=ev["batch_size"],
+                         val_limit=ev["val_limit"], seed=run.seed)
         metrics["linear_top1"] = float(lin["best_top1"])
         if curve:
             for epoch, value in enumerate(lin["curve"]):
                 mlflow.log_metric("linear_curve_top1", float(value), step=epoch)
-    if ev.get("localisation"):
+    if ev["localisation"]:
         metrics.update(localisation(checkpoint_dir, run, int(knn["n_val"])))
     return metrics
 
@@ -235,17 +235,9 @@ def localisation(checkpoint_dir: str, run: TrialRun, limit: int) -> dict[str, fl
     out = Path(run.out_dir) / f"localisation-{Path(checkpoint_dir).name}"
     result = compute_saliency(model=str(checkpoint_dir), data=run.ctx.data_val, limit=limit,
                               methods=["raw"], metrics=["pointing", "energy"], workers=0,
-                              batch_size=int(run.ctx.evaluation.get("batch_size", 64)), out=out)
+                              batch_size=int(run.ctx.evaluation["batch_size"]), out=out)
     return {"cls_pointing": float(result.table["raw"]["pointing"]),
             "cls_energy": float(result.table["raw"]["energy"])}
-
-
-def _val_limit(fn: Callable[..., Any], ev: dict[str, Any]) -> dict[str, Any]:
-    """Pass ``val_limit`` only to evaluation functions that take it."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    return {"val_limit": ev["val_limit"]} if "val_limit" in params and ev.get("val_limit") else {}
 
 
 def _log_checkpoint(checkpoint_dir: str) -> None:
