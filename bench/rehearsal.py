@@ -94,16 +94,29 @@ def _shard(tree: Path, bucket: str, env: dict[str, str], log: Path) -> str:
 
 
 def _checkpoints(bucket: str) -> dict[str, set[str]]:
-    """Train checkpoint folder names per trial run, under the sweep's storage on S3."""
+    """Checkpoint folder names per trial run that Ray Train has *registered* (listed in the run's checkpoint manager
+    snapshot, under the sweep's storage on S3).
+
+    A folder appears on S3 while rank 0 uploads it, before the controller registers it; a kill in between is a kill
+    before the checkpoint exists, and the restart rightly begins from the previous one. So the rehearsal waits for
+    the snapshot, which is what a restart or ``--resume`` reads."""
+    import json
+
     from mimlab.data.fs import resolve
 
     fs, root = resolve(f"{bucket}/tune")
     fs.invalidate_cache()
     found: dict[str, set[str]] = {}
-    for path in fs.glob(f"{root}/*/train/*/checkpoint_*"):
-        run, name = path.rstrip("/").rsplit("/", 2)[-2:]
-        if not name.endswith(".json"):   # checkpoint_manager_snapshot.json is Train's index, not a checkpoint
-            found.setdefault(run, set()).add(name)
+    for path in fs.glob(f"{root}/*/train/*/checkpoint_manager_snapshot.json"):
+        run = path.rstrip("/").rsplit("/", 2)[-2]
+        try:
+            with fs.open(path, "r") as fh:
+                snapshot = json.loads(fh.read())
+        except (OSError, ValueError):   # being rewritten: read it on the next poll
+            continue
+        names = {r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])}
+        if names:
+            found[run] = names
     return found
 
 
