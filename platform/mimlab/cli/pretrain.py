@@ -45,7 +45,6 @@ def pretrain(
     if cfg.train.use_gpu and gpus_per_worker == 0:
         raise UserError("--gpus-per-worker 0 with train.use_gpu=true: GPU training needs a GPU count > 0 "
                         "(or set train.use_gpu=false)")
-    _check_resume(cfg, workers, storage_path, name or experiment.stem)
     result = run_pretrain(cfg, data=data, name=name or experiment.stem, storage_path=storage_path, workers=workers,
                           gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()
@@ -54,16 +53,6 @@ def pretrain(
     typer.echo(f"checkpoint: {result.checkpoint_uri or result.checkpoint_dir}")
     typer.echo(f"metrics: {shown}")
     echo_err("browse the run: mlflow ui --backend-store-uri <tracking uri> (see `platform runs`)")
-
-
-def _check_resume(cfg, workers: int | None, storage_path: str | None, name: str) -> None:
-    """Local mode resumes from ``STORAGE/NAME``: check its checkpoints before any work (a corrupt newest one
-    falls back to the previous one kept, with one line; none readable is one error line)."""
-    from mimlab.pretrain.checkpoint import LocalCheckpoints
-
-    storage = storage_path or cfg.train.storage_path
-    if (workers if workers is not None else cfg.train.num_workers) == 0 and storage and "://" not in storage:
-        LocalCheckpoints(Path(storage) / name).latest()
 
 
 def register(app: typer.Typer) -> None:
