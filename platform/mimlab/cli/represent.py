@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mimlab.cli.common import user_errors
+from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import UserError, check_range
 from mimlab.outputs import KNN_OUTPUTS, LINEAR_OUTPUTS, check_out_folder
 from mimlab.urls import check_tracking_uri
@@ -45,6 +45,14 @@ def _check_common(limit: int | None, workers: int, batch_size: int) -> None:
     check_range("--batch-size", batch_size, at_least=1)
 
 
+def _skipped(result: dict) -> None:
+    from mimlab.evaluation.api import skipped_line
+
+    line = skipped_line(result)
+    if line:
+        echo_err(line)
+
+
 @eval_app.command("knn")
 @user_errors
 def knn(
@@ -74,6 +82,7 @@ def knn(
                      temperature=temperature, limit=limit, out=out, log_mlflow=not no_mlflow, batch_size=batch_size,
                      workers=workers, tracking_uri=tracking_uri)
     typer.echo(knn_table(result))
+    _skipped(result)
     if result["json"]:
         typer.echo(f"results: {result['json']}")
 
@@ -112,5 +121,6 @@ def linear(
                         cached_features=cached_features, base_lr=lr, batch_size=batch_size, limit=limit, out=out,
                         log_mlflow=not no_mlflow, workers=workers, tracking_uri=tracking_uri)
     typer.echo(linear_table(result))
+    _skipped(result)
     if result["json"]:
         typer.echo(f"results: {result['json']}")
