@@ -98,7 +98,6 @@ plot: {x: masking.strategy, metrics: [knn_top1], baselines: [block]}
 
 
 def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
-    import sys
 
     sys.path.insert(0, str(ROOT / "tests" / "errors"))
     from error_inputs import TINY_RECIPE, png_bytes

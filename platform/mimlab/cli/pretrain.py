@@ -10,7 +10,7 @@ import typer
 
 from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import UserError, check_range
-from mimlab.urls import check_tracking_uri
+from mimlab.urls import check_ray_address, check_tracking_uri
 
 
 @user_errors
@@ -36,6 +36,7 @@ def pretrain(
     check_range("--epochs", epochs, at_least=1)
     check_range("--gpus-per-worker", gpus_per_worker, at_least=0)
     check_tracking_uri(tracking_uri)
+    check_ray_address(None)  # $RAY_ADDRESS: pretraining always runs on Ray (local mode too)
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")

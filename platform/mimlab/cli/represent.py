@@ -75,7 +75,7 @@ def knn(
 
     _check_common(limit, workers, batch_size)
     check_range("--temperature", temperature, above=0)
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, env=not no_mlflow)  # --no-mlflow: the variable is never read
     check_out_folder(out, KNN_OUTPUTS)
 
     result = run_knn(model, weights=weights, student=student, train=train, val=val, ks=parse_ks(k),
@@ -114,7 +114,7 @@ def linear(
     _check_common(limit, workers, batch_size)
     check_range("--epochs", epochs, at_least=1)
     check_range("--lr", lr, above=0)
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, env=not no_mlflow)  # --no-mlflow: the variable is never read
     check_out_folder(out, LINEAR_OUTPUTS)
 
     result = run_linear(model, weights=weights, student=student, train=train, val=val, epochs=epochs, reach=reach,

@@ -80,8 +80,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     from mimlab.errors import UserError
+    from mimlab.urls import check_ray_address
 
     apply_default_env()
+    check_ray_address(address)  # the argument, else $RAY_ADDRESS (named in the error)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
