@@ -119,6 +119,29 @@ def test_fuzzed_images_through_the_ray_data_readers_are_skipped_and_counted(tmp_
     assert skipped_images(ds.skip_tag) == refused
 
 
+def test_fuzzed_images_through_the_pretraining_multicrop_reader_are_skipped_and_counted(tmp_path, ray_local):
+    """The pretraining crop stage decodes by itself (JPEG draft scale): bombs, truncations and bit flips are
+    dropped and counted there too, never a crashed task."""
+    from mimlab.data.pipeline import multicrop_dataset, skipped_images
+    from mimlab.data.schema import records_table
+    from mimlab.data.shards import write_shard
+    from mimlab.data.transforms import MultiCropConfig
+
+    import fsspec
+
+    variants = corrupt_variants(seed=16, count=12) + [png_bytes(300 + i) for i in range(4)]
+    refused = sum(pil_refuses(v) for v in variants)
+    assert refused >= 6
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_shard(fsspec.filesystem("file"), str(folder / "part-00000.parquet"),
+                records_table(variants, [i % 2 for i in range(len(variants))], [f"v{i}" for i in range(len(variants))]))
+    ds = multicrop_dataset(folder, MultiCropConfig(global_size=16, local_crops=1, local_size=8), batch_size=8,
+                           shuffle_buffer=0)
+    assert ds.count() == len(variants) - refused
+    assert skipped_images(ds.skip_tag) == refused
+
+
 # ------------------------------------------------------------------ evaluation: a dataset's bad image is counted
 def _truncated_jpeg() -> bytes:
     return jpeg_bytes(7)[:300]

@@ -17,12 +17,12 @@ import zlib
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from mimlab.data.fs import list_shards, locate, remote_env, to_pyarrow
 from mimlab.data.sample import epoch_windows, read_window, row_counts
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
+from mimlab.data.decode import REFUSED
 from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
 from mimlab.data.transforms import MultiCrop, MultiCropConfig, decode_for_crops, eval_transform
 from mimlab.errors import UserError
@@ -253,7 +253,7 @@ class _MultiCropBatch(_DecodeBatch):
             try:
                 images.append(decode_for_crops(data, self.cfg))
                 keep.append(i)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
+            except REFUSED:  # truncated, bit-flipped, wrong header, decompression bomb (CorruptImage is a ValueError)
                 bad.append(str(batch["path"][i]))
         if bad:
             count_skips(self.tag, bad)
