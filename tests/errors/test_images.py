@@ -211,8 +211,9 @@ def test_representation_evaluation_in_process_skips_and_counts_bad_images(comman
 
 
 def test_knn_on_ray_data_skips_and_counts_bad_images_of_an_imagefolder_and_of_shards(tree_with_bad_images, ckpt,
-                                                                                    tmp_path, ray_local):
-    """The Ray Data readers: ImageFolder items (train) and shards (val) with the same two bad images."""
+                                                                                    tmp_path):
+    """The Ray Data readers: ImageFolder items (train) and shards (val) with the same two bad images. In a child
+    process: an in-process Ray keeps logging to the stream of whichever earlier CliRunner call started it."""
     import json
 
     import fsspec
@@ -229,7 +230,7 @@ def test_knn_on_ray_data_skips_and_counts_bad_images_of_an_imagefolder_and_of_sh
                               [str(f) for f in files]))
     out = tmp_path / "out"
     r = run_cli(["eval", "knn", ckpt, "--train", tree_with_bad_images, "--val", shards, "--k", "3",
-                 "--workers", "1", "--batch-size", "4", "--no-mlflow", "--out", out], timeout=120)
+                 "--workers", "1", "--batch-size", "4", "--no-mlflow", "--out", out], timeout=120, subprocess=True)
     assert r.exit_code == 0, r.stderr
     assert "(train 2, val 2)" in _one_skip_line(r.stderr, 4)
     result = json.loads((out / "knn.json").read_text())
