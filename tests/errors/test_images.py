@@ -117,3 +117,121 @@ def test_fuzzed_images_through_the_ray_data_readers_are_skipped_and_counted(tmp_
     ds = eval_dataset(folder, 16, batch_size=8)
     assert ds.count() == len(variants) - refused
     assert skipped_images(ds.skip_tag) == refused
+
+
+def test_fuzzed_images_through_the_pretraining_multicrop_reader_are_skipped_and_counted(tmp_path, ray_local):
+    """The pretraining crop stage decodes by itself (JPEG draft scale): bombs, truncations and bit flips are
+    dropped and counted there too, never a crashed task."""
+    from mimlab.data.pipeline import multicrop_dataset, skipped_images
+    from mimlab.data.schema import records_table
+    from mimlab.data.shards import write_shard
+    from mimlab.data.transforms import MultiCropConfig
+
+    import fsspec
+
+    variants = corrupt_variants(seed=16, count=12) + [png_bytes(300 + i) for i in range(4)]
+    refused = sum(pil_refuses(v) for v in variants)
+    assert refused >= 6
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_shard(fsspec.filesystem("file"), str(folder / "part-00000.parquet"),
+                records_table(variants, [i % 2 for i in range(len(variants))], [f"v{i}" for i in range(len(variants))]))
+    ds = multicrop_dataset(folder, MultiCropConfig(global_size=16, local_crops=1, local_size=8), batch_size=8,
+                           shuffle_buffer=0)
+    assert ds.count() == len(variants) - refused
+    assert skipped_images(ds.skip_tag) == refused
+
+
+# ------------------------------------------------------------------ evaluation: a dataset's bad image is counted
+def _truncated_jpeg() -> bytes:
+    return jpeg_bytes(7)[:300]
+
+
+def _bit_flipped_png() -> bytes:
+    return bytes(b ^ 0xA5 if 60 <= i < 120 else b for i, b in enumerate(png_bytes(8)))
+
+
+@pytest.fixture()
+def tree_with_bad_images(tmp_path):
+    """An ImageFolder tree: 2 classes x 3 good 32 px PNGs, plus a truncated JPEG in a/ and a bit-flipped PNG in b/."""
+    root = tmp_path / "tree"
+    for c, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.png").write_bytes(png_bytes(20 + 10 * c + i))
+    (root / "a" / "bad.jpg").write_bytes(_truncated_jpeg())
+    (root / "b" / "bad.png").write_bytes(_bit_flipped_png())
+    assert pil_refuses((root / "a" / "bad.jpg").read_bytes()) and pil_refuses((root / "b" / "bad.png").read_bytes())
+    return root
+
+
+def _one_skip_line(stderr: str, count: int) -> str:
+    lines = [ln for ln in stderr.splitlines() if "undecodable" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipped {count} undecodable image(s)"), stderr
+    assert "error:" not in stderr and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_saliency_evaluation_skips_and_counts_bad_images_of_an_imagefolder(tree_with_bad_images, ckpt, tmp_path):
+    import csv
+    import json
+
+    from cli_contract import run_cli
+
+    out = tmp_path / "out"
+    r = run_cli(["evaluate", "saliency", "--model", ckpt, "--data", tree_with_bad_images, "--metrics", "ad",
+                 "--workers", "0", "--out", out, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert r.exit_code == 0, r.stderr
+    line = _one_skip_line(r.stderr, 2)
+    assert "bad.jpg" in line and "bad.png" in line
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["skipped_images"] == 2 and summary["num_images"] == 6
+    assert sorted(p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in summary["skipped_paths"]) == \
+        ["a/bad.jpg", "b/bad.png"]
+    with open(out / "per_image.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6  # one method: one row per good image
+
+
+@pytest.mark.parametrize("command", ["knn", "linear"])
+def test_representation_evaluation_in_process_skips_and_counts_bad_images(command, tree_with_bad_images, ckpt,
+                                                                           tmp_path):
+    import json
+
+    from cli_contract import run_cli
+
+    out = tmp_path / "out"
+    extra = ["--k", "3"] if command == "knn" else ["--epochs", "1", "--batch-size", "4"]
+    r = run_cli(["eval", command, ckpt, "--train", tree_with_bad_images, "--val", tree_with_bad_images, *extra,
+                 "--workers", "0", "--no-mlflow", "--out", out])
+    assert r.exit_code == 0, r.stderr
+    assert "(train 2, val 2)" in _one_skip_line(r.stderr, 4)
+    result = json.loads((out / f"{command}.json").read_text())
+    assert result["skipped_images"] == 4 and result["skipped_by_split"] == {"train": 2, "val": 2}
+    assert result["n_train"] == 6 and result["n_val"] == 6
+
+
+def test_knn_on_ray_data_skips_and_counts_bad_images_of_an_imagefolder_and_of_shards(tree_with_bad_images, ckpt,
+                                                                                    tmp_path):
+    """The Ray Data readers: ImageFolder items (train) and shards (val) with the same two bad images. In a child
+    process: an in-process Ray keeps logging to the stream of whichever earlier CliRunner call started it."""
+    import json
+
+    import fsspec
+
+    from cli_contract import run_cli
+    from mimlab.data.schema import records_table
+    from mimlab.data.shards import write_shard
+
+    files = sorted(p for p in tree_with_bad_images.rglob("*") if p.is_file())
+    shards = tmp_path / "val-shards"
+    shards.mkdir()
+    write_shard(fsspec.filesystem("file"), str(shards / "part-00000.parquet"),
+                records_table([f.read_bytes() for f in files], [int(f.parent.name == "b") for f in files],
+                              [str(f) for f in files]))
+    out = tmp_path / "out"
+    r = run_cli(["eval", "knn", ckpt, "--train", tree_with_bad_images, "--val", shards, "--k", "3",
+                 "--workers", "1", "--batch-size", "4", "--no-mlflow", "--out", out], timeout=120, subprocess=True)
+    assert r.exit_code == 0, r.stderr
+    assert "(train 2, val 2)" in _one_skip_line(r.stderr, 4)
+    result = json.loads((out / "knn.json").read_text())
+    assert result["skipped_images"] == 4 and result["n_train"] == 6 and result["n_val"] == 6

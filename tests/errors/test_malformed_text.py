@@ -84,3 +84,42 @@ def test_malformed_text_is_one_error_line(content, argv, expected, cli_error, ck
 def test_usage_error_in_a_real_shell_is_one_line_exit_2(cli_error):
     """The console script itself (not only CliRunner) prints one `error:` line for a Click usage error."""
     cli_error(["data", "synth", "/tmp/x", "--num-images", "many"], "--num-images", "many", subprocess=True)
+
+
+# Malformed URLs in environment variables: the commands that read them name the variable and what was expected.
+ENV_CASES = [
+    ("pretrain-mlflow-uri-two-slashes", {"MLFLOW_TRACKING_URI": "sqlite:/x.db"}, ["pretrain", "{recipe}"],
+     ["MLFLOW_TRACKING_URI", "sqlite:/x.db", "sqlite:///"]),
+    ("knn-mlflow-uri-no-colon", {"MLFLOW_TRACKING_URI": "http//host"}, ["eval", "knn", "{ckpt}"],
+     ["MLFLOW_TRACKING_URI", "http//host", "http(s)://host:port"]),
+    ("saliency-mlflow-uri-unknown-scheme", {"MLFLOW_TRACKING_URI": "htp://host"},
+     ["evaluate", "saliency", "--model", "{ckpt}", "--out", "{tmp}/o"], ["MLFLOW_TRACKING_URI", "htp://", "scheme"]),
+    ("tune-mlflow-uri-no-host", {"MLFLOW_TRACKING_URI": "http://:5000"}, ["tune", "tiny-sweep"],
+     ["MLFLOW_TRACKING_URI", "http://:5000", "host[:port]"]),
+    ("runs-mlflow-uri-two-slashes", {"MLFLOW_TRACKING_URI": "sqlite:/x.db"}, ["runs", "compare", "x"],
+     ["MLFLOW_TRACKING_URI", "sqlite:/x.db"]),
+    ("tune-ray-address-one-slash", {"RAY_ADDRESS": "ray:/:1"}, ["tune", "tiny-sweep"],
+     ["RAY_ADDRESS", "ray:/:1", "host:port"]),
+    ("pretrain-ray-address-no-colon", {"RAY_ADDRESS": "http//host"},
+     ["pretrain", "{recipe}", "--workers", "0", "--storage-path", "{tmp}/runs"], ["RAY_ADDRESS", "http//host",
+                                                                                  "host:port"]),
+    ("knn-ray-address-bad-port", {"RAY_ADDRESS": "head:99999"}, ["eval", "knn", "{ckpt}", "--no-mlflow"],
+     ["RAY_ADDRESS", "head:99999", "host:port"]),
+]
+
+
+@pytest.mark.parametrize("env,argv,expected", [c[1:] for c in ENV_CASES], ids=[c[0] for c in ENV_CASES])
+def test_malformed_url_in_an_environment_variable_is_one_error_line(env, argv, expected, cli_error, ckpt, recipe,
+                                                                     tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMLAB_EXPERIMENTS_DIR", str(TUNE_EXPERIMENTS))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    subs = dict(recipe=recipe, ckpt=ckpt, tmp=tmp_path)
+    cli_error([a.format(**subs) for a in argv], *expected, protect=[recipe, ckpt], env=env)
+
+
+def test_databricks_is_a_valid_tracking_uri_in_the_variable_and_the_option(monkeypatch):
+    from mimlab.urls import check_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    check_tracking_uri(None)
+    check_tracking_uri("databricks")

@@ -26,8 +26,9 @@ def test_cached_features_on_ray_equal_the_in_process_features_for_1_and_2_worker
     local["label"] = torch.from_numpy(split.labels)
     want_x, want_y = _sorted_rows(local)
     for workers in (1, 2):
-        got = features_ray(ref, None, "val", size=model.loaded.img_size, n_last_blocks=2, batch_size=16,
-                           workers=workers, limit=LIMIT)
+        got, skipped = features_ray(ref, None, "val", size=model.loaded.img_size, n_last_blocks=2, batch_size=16,
+                                    workers=workers, limit=LIMIT)
+        assert skipped == 0
         got_x, got_y = _sorted_rows(got)
         assert got_x.shape == want_x.shape
         np.testing.assert_allclose(got_x, want_x, rtol=1e-5, atol=1e-5)
@@ -39,10 +40,10 @@ def test_augmented_probe_on_ray_re_extracts_fresh_crops_every_epoch(tiny_checkpo
     real = api.features_ray
 
     def counting(*args, **kwargs):
-        out = real(*args, **kwargs)
+        out, skipped = real(*args, **kwargs)
         calls.append({"augment": kwargs.get("augment", False), "seed": kwargs.get("seed"), "rows": len(out["label"]),
                       "linear": _sorted_rows(out)[0]})
-        return out
+        return out, skipped
 
     monkeypatch.setattr(api, "features_ray", counting)
     epochs = 2

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mimlab.cli.common import user_errors
+from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import check_range
 from mimlab.outputs import SALIENCY_OUTPUTS, STUDY_OUTPUTS, check_out_folder
 from mimlab.urls import check_tracking_uri
@@ -16,6 +16,14 @@ evaluate_app = typer.Typer(
     help="Score saliency maps: AD, AI, insertion, deletion, ROAD, localisation; studies; sanity checks.",
     no_args_is_help=True,
 )
+
+
+def _skipped(summary: dict) -> None:
+    """One stderr line when the dataset held images PIL refused (skipped, counted in the results file)."""
+    from mimlab.data.sources import skipped_note
+
+    if summary.get("skipped_images"):
+        echo_err(skipped_note(summary["skipped_images"], "not scored", summary["skipped_paths"]))
 
 
 @evaluate_app.command()
@@ -99,6 +107,7 @@ def saliency(
         experiment=experiment,
     )
     typer.echo(format_table(result.table, result.higher_is_better, result.intervals, result.targets))
+    _skipped(result.summary)
     typer.echo(
         f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir} (MLflow run {result.run_id})"
     )
@@ -161,6 +170,7 @@ def sanity(
         tracking_uri=tracking_uri, experiment=experiment,
     )
     typer.echo(format_sanity(result.summary))
+    _skipped(result.summary)
     typer.echo(
         f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir} (MLflow run {result.run_id})"
     )

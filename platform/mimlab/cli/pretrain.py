@@ -10,7 +10,7 @@ import typer
 
 from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import UserError, check_range
-from mimlab.urls import check_tracking_uri
+from mimlab.urls import check_ray_address, check_tracking_uri
 
 
 @user_errors
@@ -36,6 +36,7 @@ def pretrain(
     check_range("--epochs", epochs, at_least=1)
     check_range("--gpus-per-worker", gpus_per_worker, at_least=0)
     check_tracking_uri(tracking_uri)
+    check_ray_address(None)  # $RAY_ADDRESS: pretraining always runs on Ray (local mode too)
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")
@@ -45,7 +46,6 @@ def pretrain(
     if cfg.train.use_gpu and gpus_per_worker == 0:
         raise UserError("--gpus-per-worker 0 with train.use_gpu=true: GPU training needs a GPU count > 0 "
                         "(or set train.use_gpu=false)")
-    _check_resume(cfg, workers, storage_path, name or experiment.stem)
     result = run_pretrain(cfg, data=data, name=name or experiment.stem, storage_path=storage_path, workers=workers,
                           gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()
@@ -54,16 +54,6 @@ def pretrain(
     typer.echo(f"checkpoint: {result.checkpoint_uri or result.checkpoint_dir}")
     typer.echo(f"metrics: {shown}")
     echo_err("browse the run: mlflow ui --backend-store-uri <tracking uri> (see `platform runs`)")
-
-
-def _check_resume(cfg, workers: int | None, storage_path: str | None, name: str) -> None:
-    """Local mode resumes from ``STORAGE/NAME``: check its checkpoints before any work (a corrupt newest one
-    falls back to the previous one kept, with one line; none readable is one error line)."""
-    from mimlab.pretrain.checkpoint import LocalCheckpoints
-
-    storage = storage_path or cfg.train.storage_path
-    if (workers if workers is not None else cfg.train.num_workers) == 0 and storage and "://" not in storage:
-        LocalCheckpoints(Path(storage) / name).latest()
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mimlab.cli.common import user_errors
+from mimlab.cli.common import echo_err, user_errors
 from mimlab.errors import UserError, check_range
 from mimlab.outputs import KNN_OUTPUTS, LINEAR_OUTPUTS, check_out_folder
 from mimlab.urls import check_tracking_uri
@@ -45,6 +45,14 @@ def _check_common(limit: int | None, workers: int, batch_size: int) -> None:
     check_range("--batch-size", batch_size, at_least=1)
 
 
+def _skipped(result: dict) -> None:
+    from mimlab.evaluation.api import skipped_line
+
+    line = skipped_line(result)
+    if line:
+        echo_err(line)
+
+
 @eval_app.command("knn")
 @user_errors
 def knn(
@@ -67,13 +75,14 @@ def knn(
 
     _check_common(limit, workers, batch_size)
     check_range("--temperature", temperature, above=0)
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, env=not no_mlflow)  # --no-mlflow: the variable is never read
     check_out_folder(out, KNN_OUTPUTS)
 
     result = run_knn(model, weights=weights, student=student, train=train, val=val, ks=parse_ks(k),
                      temperature=temperature, limit=limit, out=out, log_mlflow=not no_mlflow, batch_size=batch_size,
                      workers=workers, tracking_uri=tracking_uri)
     typer.echo(knn_table(result))
+    _skipped(result)
     if result["json"]:
         typer.echo(f"results: {result['json']}")
 
@@ -105,12 +114,13 @@ def linear(
     _check_common(limit, workers, batch_size)
     check_range("--epochs", epochs, at_least=1)
     check_range("--lr", lr, above=0)
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, env=not no_mlflow)  # --no-mlflow: the variable is never read
     check_out_folder(out, LINEAR_OUTPUTS)
 
     result = run_linear(model, weights=weights, student=student, train=train, val=val, epochs=epochs, reach=reach,
                         cached_features=cached_features, base_lr=lr, batch_size=batch_size, limit=limit, out=out,
                         log_mlflow=not no_mlflow, workers=workers, tracking_uri=tracking_uri)
     typer.echo(linear_table(result))
+    _skipped(result)
     if result["json"]:
         typer.echo(f"results: {result['json']}")

@@ -18,7 +18,8 @@ class CorruptImage(ValueError):
     """Bytes that are not a decodable image of acceptable size."""
 
 
-_REFUSED = (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, EOFError, IndexError,
+#: Everything PIL raises for bytes it refuses (a reader that decodes by itself catches these).
+REFUSED = (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, EOFError, IndexError,
             struct.error, Image.DecompressionBombError, Image.DecompressionBombWarning,
             MemoryError, ZeroDivisionError)
 
@@ -49,7 +50,7 @@ def decode(data: bytes, mode: str = "RGB", what: str = "image") -> np.ndarray:
                 return np.asarray(img.convert(mode), dtype=np.uint8)
     except CorruptImage:
         raise
-    except _REFUSED as err:
+    except REFUSED as err:
         raise CorruptImage(f"undecodable {what} ({err.__class__.__name__}: {str(err)[:120]})") from None
 
 
@@ -68,5 +69,5 @@ def check_encoded(data: bytes) -> str:
                 return img.format or "PNG"
     except CorruptImage:
         raise
-    except _REFUSED as err:
+    except REFUSED as err:
         raise CorruptImage(f"undecodable image ({err.__class__.__name__}: {str(err)[:120]})") from None

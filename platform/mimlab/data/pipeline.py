@@ -17,12 +17,12 @@ import zlib
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from mimlab.data.fs import list_shards, locate, remote_env, to_pyarrow
 from mimlab.data.sample import epoch_windows, read_window, row_counts
 from mimlab.data.schema import check_schema
 from mimlab.data.shards import read_schema
+from mimlab.data.decode import REFUSED
 from mimlab.data.sources import CorruptImage, decode_rgb, source_kind
 from mimlab.data.transforms import MultiCrop, MultiCropConfig, decode_for_crops, eval_transform
 from mimlab.errors import UserError
@@ -177,14 +177,15 @@ def _read_windows(batch, *, fs, counts, windows, key: tuple[int, int], shuffle: 
 
 
 def eval_dataset(url: str | os.PathLike | None, size: int, *, split: str | None = None, batch_size: int = 64,
-                 workers: int | None = None, tag: str | None = None):
+                 workers: int | None = None, tag: str | None = None, announce: bool = True):
     """Shards → deterministic eval views: ``image`` ``uint8 [size,size,3]`` (resize + centre crop), ``label``, ``path``.
 
-    A root with ``train/``/``val/`` (and ``url=None``, the embedded dataset) defaults to ``val/``.
+    A root with ``train/``/``val/`` (and ``url=None``, the embedded dataset) defaults to ``val/``. Skipped images
+    are counted under ``tag``; ``announce=False`` leaves the workers silent (the caller reports the count).
     """
     tag = tag or f"eval-{uuid.uuid4().hex[:8]}"
     ds = read_shards(url, split=split, columns=["image", "label", "path"], default_split="val")
-    out = _map(ds, _EvalBatch, dict(size=size, tag=tag), batch_size, workers, 3 * size * size)
+    out = _map(ds, _EvalBatch, dict(size=size, tag=tag, announce=announce), batch_size, workers, 3 * size * size)
     out.skip_tag = tag
     return out
 
@@ -216,6 +217,7 @@ class _DecodeBatch:
     """Decode a batch's images, dropping (and counting) undecodable ones."""
 
     tag: str
+    announce: bool = True
 
     def decode(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         images, keep, bad = [], [], []
@@ -226,7 +228,7 @@ class _DecodeBatch:
             except CorruptImage:
                 bad.append(str(batch["path"][i]))
         if bad:
-            _count_skips(self.tag, bad)
+            count_skips(self.tag, bad, announce=self.announce)
         return images, np.asarray(keep, dtype=np.int64)
 
 
@@ -251,10 +253,10 @@ class _MultiCropBatch(_DecodeBatch):
             try:
                 images.append(decode_for_crops(data, self.cfg))
                 keep.append(i)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
+            except REFUSED:  # truncated, bit-flipped, wrong header, decompression bomb (CorruptImage is a ValueError)
                 bad.append(str(batch["path"][i]))
         if bad:
-            _count_skips(self.tag, bad)
+            count_skips(self.tag, bad)
         keep_idx = np.asarray(keep, dtype=np.int64)
         if self.seed is None:
             rngs: Any = self.rng
@@ -267,8 +269,8 @@ class _MultiCropBatch(_DecodeBatch):
 
 
 class _EvalBatch(_DecodeBatch):
-    def __init__(self, size: int, tag: str) -> None:
-        self.size, self.tag = size, tag
+    def __init__(self, size: int, tag: str, announce: bool = True) -> None:
+        self.size, self.tag, self.announce = size, tag, announce
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, keep = self.decode(batch)
@@ -302,12 +304,15 @@ def _counter():
                                lifetime="detached").remote()
 
 
-def _count_skips(tag: str, paths: list[str]) -> None:
+def count_skips(tag: str, paths: list[str], announce: bool = True) -> None:
+    """Add ``paths`` (undecodable images a Ray task dropped) to the count of pipeline ``tag``; log them unless the
+    caller reports the count itself (``announce=False``)."""
     import ray
 
     total = ray.get(_counter().add.remote(tag, len(paths)))
-    log.warning("skipped %d undecodable image(s) in %s (total %d): %s", len(paths), tag, total,
-                ", ".join(paths[:5]) + (" …" if len(paths) > 5 else ""))
+    if announce:
+        log.warning("skipped %d undecodable image(s) in %s (total %d): %s", len(paths), tag, total,
+                    ", ".join(paths[:5]) + (" …" if len(paths) > 5 else ""))
 
 
 def skipped_images(tag: str | None = None) -> int | dict[str, int]:

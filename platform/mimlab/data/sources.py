@@ -91,6 +91,29 @@ def load_records(src: str | os.PathLike | None = None, *, split: str | None = No
     return records
 
 
+def drop_undecodable(records: list[Record]) -> tuple[list[Record], list[str]]:
+    """The records whose image (and mask, if any) PIL decodes, and the paths of the others (truncated, corrupt,
+    decompression bombs): a dataset's bad image is skipped and counted, never an error."""
+    from mimlab.data.decode import check_encoded
+
+    kept, bad = [], []
+    for rec in records:
+        try:
+            check_encoded(rec.image)
+            if rec.mask is not None:
+                check_encoded(rec.mask)
+            kept.append(rec)
+        except CorruptImage:
+            bad.append(rec.path)
+    return kept, bad
+
+
+def skipped_note(count: int, where: str, paths: list[str] | None = None) -> str:
+    """The one stderr line of a reader that skipped ``count`` undecodable images (``where``: e.g. 'train 1, val 0')."""
+    shown = f": {', '.join(paths[:5])}{' …' if len(paths) > 5 else ''}" if paths else ""
+    return f"warning: skipped {count} undecodable image(s) ({where}){shown}"
+
+
 def pick_split(fs, path: str, url: str, split: str | None, default: str = "val") -> tuple[str, str]:
     """``(path, url)`` of the split folder under a root with ``train/``/``val/`` (``split=None`` ⇒ ``default``),
     or the input unchanged for a folder without splits (``split`` must then be ``None``)."""

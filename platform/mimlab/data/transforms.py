@@ -270,11 +270,12 @@ def decode_for_crops(data: bytes, cfg: MultiCropConfig) -> Image.Image:
     (:func:`draft_scale`; ``Image.draft`` decodes at 1/2, 1/4 or 1/8 without a full-size decode).
 
     Raises:
-        ValueError/OSError: undecodable bytes (the caller maps them to ``CorruptImage``).
+        CorruptImage: an image over the pixel limit (checked before decoding: a bomb costs no memory).
+        Any of :data:`mimlab.data.decode.REFUSED`: other undecodable bytes (the caller skips and counts them).
     """
-    import io
+    from mimlab.data.decode import open_checked
 
-    img = Image.open(io.BytesIO(data))
+    img = open_checked(data)
     if img.format == "JPEG":
         d = draft_scale(cfg, img.height, img.width)
         if d > 1:

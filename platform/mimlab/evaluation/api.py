@@ -32,7 +32,9 @@ CACHED_LABEL = "cached-features (extracted once, no augmentation)"
 
 
 def _features(ref: ModelRef, model: FeatureModel, src: str | None, split: str, *, limit: int | None,
-              batch_size: int, workers: int, n_last_blocks: int) -> dict[str, torch.Tensor]:
+              batch_size: int, workers: int, n_last_blocks: int) -> tuple[dict[str, torch.Tensor], int]:
+    """``(features, skipped)``: ``knn``/``linear``/``label`` of the split's decodable images, and how many images
+    were skipped as undecodable."""
     size = model.loaded.img_size
     if workers >= 1:
         return features_ray(ref, src, split, size=size, n_last_blocks=n_last_blocks, batch_size=batch_size,
@@ -40,7 +42,22 @@ def _features(ref: ModelRef, model: FeatureModel, src: str | None, split: str, *
     data = load_split(src, split, limit)
     feats = features_local(model, data.images, size, batch_size)
     feats["label"] = torch.from_numpy(data.labels)
-    return feats
+    return feats, len(data.skipped)
+
+
+def _skips(train: int, val: int) -> dict[str, Any]:
+    """The result keys of images skipped as undecodable (a dataset's bad image is counted, never an error)."""
+    return {"skipped_images": train + val, "skipped_by_split": {"train": train, "val": val}}
+
+
+def skipped_line(result: dict[str, Any]) -> str | None:
+    """The one stderr line of a :func:`run_knn` / :func:`run_linear` result that skipped images, else ``None``."""
+    from mimlab.data.sources import skipped_note
+
+    if not result.get("skipped_images"):
+        return None
+    by = result["skipped_by_split"]
+    return skipped_note(result["skipped_images"], f"train {by['train']}, val {by['val']}")
 
 
 def _check_workers(workers: int, batch_size: int) -> None:
@@ -115,9 +132,10 @@ def run_knn(
     ref = ModelRef(str(model), str(weights) if weights else None, student)
     fmodel = FeatureModel(ref, n_last_blocks=1)
     t0 = time.perf_counter()
-    tr = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers, n_last_blocks=1)
-    va = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size, workers=workers,
-                   n_last_blocks=1)
+    tr, tr_skipped = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers,
+                               n_last_blocks=1)
+    va, va_skipped = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size,
+                               workers=workers, n_last_blocks=1)
     t_feat = time.perf_counter() - t0
     res = knn_classify(tr["knn"], tr["label"], va["knn"], va["label"], ks=ks, temperature=temperature,
                        chunk_size=chunk_size)
@@ -125,7 +143,7 @@ def run_knn(
         **_describe(ref, fmodel.loaded),
         "protocol": "weighted k-NN, cosine similarity of L2-normalised final [cls], vote exp(sim/T)",
         "temperature": temperature, "ks": ks, "n_train": int(tr["label"].shape[0]),
-        "n_val": int(va["label"].shape[0]), "feature_dim": int(tr["knn"].shape[1]),
+        "n_val": int(va["label"].shape[0]), "feature_dim": int(tr["knn"].shape[1]), **_skips(tr_skipped, va_skipped),
         "results": {str(k): v for k, v in res.items()},
         "metrics": {f"knn_{m}_k{k}": v[m] for k, v in res.items() for m in ("top1", "top5")},
         "seconds_features": round(t_feat, 3), "workers": workers,
@@ -146,7 +164,7 @@ def _log_knn(result: dict, uri: str | None, parent_run_id: str | None) -> None:
     params["ks"] = ",".join(map(str, result["ks"]))
     with tracking.run("eval-knn", uri=uri, parent_run_id=parent_run_id, params=params,
                       tags={"mimlab.kind": "eval-knn"}):
-        mlflow.log_metrics(result["metrics"])
+        mlflow.log_metrics({**result["metrics"], "skipped_images": result["skipped_images"]})
         mlflow.log_dict(result, "knn.json")
 
 
@@ -205,16 +223,16 @@ def run_linear(
     fmodel = FeatureModel(ref, n_last_blocks=n_last_blocks)
     size = fmodel.loaded.img_size
     t0 = time.perf_counter()
-    va = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size, workers=workers,
-                   n_last_blocks=fmodel.n_last_blocks)
+    va, va_skipped = _features(ref, fmodel, val, "val", limit=_val(limit, val_limit), batch_size=batch_size,
+                               workers=workers, n_last_blocks=fmodel.n_last_blocks)
     if cached_features:
-        tr = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers,
-                       n_last_blocks=fmodel.n_last_blocks)
+        tr, tr_skipped = _features(ref, fmodel, train, "train", limit=limit, batch_size=batch_size, workers=workers,
+                                   n_last_blocks=fmodel.n_last_blocks)
         probe = train_linear_probe(tr["linear"], tr["label"], va["linear"], va["label"], epochs=epochs,
                                    batch_size=batch_size, base_lr=base_lr, reach=reach, seed=seed)
         n_train = int(tr["label"].shape[0])
     else:
-        probe, n_train = _augmented_probe(ref, fmodel, train, va, epochs=epochs, reach=reach, base_lr=base_lr,
+        probe, n_train, tr_skipped = _augmented_probe(ref, fmodel, train, va, epochs=epochs, reach=reach, base_lr=base_lr,
                                           batch_size=batch_size, limit=limit, workers=workers, seed=seed,
                                           size=size)
     seconds = time.perf_counter() - t0
@@ -223,6 +241,7 @@ def run_linear(
         "mode": CACHED_LABEL if cached_features else "augmented (RandomResizedCrop + flip each epoch)",
         "cached_features": cached_features, "n_last_blocks": fmodel.n_last_blocks,
         "feature_dim": int(va["linear"].shape[1]), "n_train": n_train, "n_val": int(va["label"].shape[0]),
+        **_skips(tr_skipped, va_skipped),
         "epochs": epochs, "batch_size": probe.batch_size, "lr": probe.lr, "base_lr": base_lr,
         "curve": probe.curve, "curve_top5": probe.curve_top5, "train_loss": probe.train_loss,
         "best_epoch": probe.best_epoch, "best_top1": probe.best_top1,
@@ -245,23 +264,30 @@ def run_linear(
 
 def _augmented_probe(ref: ModelRef, fmodel: FeatureModel, train: str | None, va: dict, *, epochs: int,
                      reach: float | None, base_lr: float, batch_size: int, limit: int | None, workers: int,
-                     seed: int, size: int) -> tuple[ProbeResult, int]:
-    """Every epoch: RandomResizedCrop + flip of the train split through the frozen backbone, then SGD steps."""
+                     seed: int, size: int) -> tuple[ProbeResult, int, int]:
+    """Every epoch: RandomResizedCrop + flip of the train split through the frozen backbone, then SGD steps.
+
+    Returns:
+        ``(probe, train images per epoch, train images skipped as undecodable)``.
+    """
     n_blocks = fmodel.n_last_blocks
     num_classes = int(va["label"].max()) + 1 if va["label"].numel() else 1
-    seen = {"n": 0}
+    seen = {"n": 0, "skipped": 0}
     if workers >= 1:
         batch = batch_size
 
         def source(epoch: int):
-            feats = features_ray(ref, train, "train", size=size, n_last_blocks=n_blocks, batch_size=batch_size,
-                                 workers=workers, limit=limit, augment=True, seed=seed * 100_003 + epoch)
+            feats, skipped = features_ray(ref, train, "train", size=size, n_last_blocks=n_blocks,
+                                          batch_size=batch_size, workers=workers, limit=limit, augment=True,
+                                          seed=seed * 100_003 + epoch)
+            seen["skipped"] = skipped  # the same images every epoch
             perm = torch.randperm(feats["label"].shape[0], generator=torch.Generator().manual_seed(epoch))
             for start in range(0, perm.shape[0], batch_size):
                 idx = perm[start:start + batch_size]
                 yield feats["linear"][idx], feats["label"][idx]
     else:
         data = load_split(train, "train", limit)
+        seen["skipped"] = len(data.skipped)
         labels = torch.from_numpy(data.labels)
         num_classes = max(num_classes, int(labels.max()) + 1)
         batch = min(batch_size, len(data.images))
@@ -289,7 +315,7 @@ def _augmented_probe(ref: ModelRef, fmodel: FeatureModel, train: str | None, va:
     _, result = fit_linear(batches, va["linear"], va["label"], dim=va["linear"].shape[1],
                            num_classes=num_classes, epochs=epochs, batch_size=batch, base_lr=base_lr, reach=reach,
                            cached_features=False, seed=seed)
-    return result, seen["n"]
+    return result, seen["n"], seen["skipped"]
 
 
 def _curve_figure(result: dict):
@@ -324,7 +350,7 @@ def _log_linear(result: dict, uri: str | None, parent_run_id: str | None) -> Non
                             "mimlab.linear_mode": "cached-features" if result["cached_features"] else "augmented"}):
         for epoch, (top1, top5) in enumerate(zip(result["curve"], result["curve_top5"], strict=True), start=1):
             mlflow.log_metrics({"linear_top1": top1, "linear_top5": top5}, step=epoch)
-        mlflow.log_metrics(result["metrics"])
+        mlflow.log_metrics({**result["metrics"], "skipped_images": result["skipped_images"]})
         mlflow.log_dict(result, "linear.json")
         fig = _curve_figure(result)
         mlflow.log_figure(fig, "linear_curve.png")

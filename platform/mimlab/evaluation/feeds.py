@@ -13,7 +13,7 @@ Transforms: eval = resize the shorter side to ``S/0.875`` (bicubic) + centre-cro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,11 +41,13 @@ class ModelRef:
 
 @dataclass
 class Split:
-    """Decoded images of one split: ``images`` list of ``uint8 [H,W,3]``, ``labels int64 [N]``, source ``url``."""
+    """Decoded images of one split: ``images`` list of ``uint8 [H,W,3]``, ``labels int64 [N]``, source ``url``,
+    and the paths of the ``skipped`` images PIL refused."""
 
     images: list[np.ndarray]
     labels: np.ndarray
     url: str
+    skipped: list[str] = field(default_factory=list)
 
 
 def split_source(src: str | None, split: str) -> tuple[str | None, str | None]:
@@ -62,10 +64,10 @@ def split_source(src: str | None, split: str) -> tuple[str | None, str | None]:
 
 
 def load_split(src: str | None, split: str, limit: int | None = None) -> Split:
-    """Decode every image of a split (labels required).
+    """Decode every image of a split (labels required); an undecodable image is skipped and counted.
 
     Raises:
-        UserError: missing/unlabelled data or an undecodable image (naming the file).
+        UserError: missing or unlabelled data, or no decodable image at all.
     """
     from mimlab.data.sources import CorruptImage, decode_rgb, load_records
 
@@ -76,13 +78,16 @@ def load_split(src: str | None, split: str, limit: int | None = None) -> Split:
     if missing:
         raise UserError(f"{split} data '{name}' has images without labels (e.g. '{missing[0]}'); "
                         f"k-NN and linear probing need labelled data")
-    images = []
+    images, labels, skipped = [], [], []
     for r in records:
         try:
             images.append(decode_rgb(r.image))
-        except CorruptImage as err:
-            raise UserError(f"{split} data '{name}': '{r.path}': {err}") from None
-    return Split(images, np.asarray([r.label for r in records], dtype=np.int64), name)
+            labels.append(r.label)
+        except CorruptImage:
+            skipped.append(r.path)
+    if records and not images:
+        raise UserError(f"{split} data '{name}': none of its {len(records)} images decodes")
+    return Split(images, np.asarray(labels, dtype=np.int64), name, skipped)
 
 
 def eval_batch(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -136,24 +141,39 @@ class _FeatureActor:
         self.model = FeatureModel(ref, n_last_blocks)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feats = self.model(np.stack(list(batch["image"])))
+        size = int(self.model.loaded.img_size)
+        images = np.stack(list(batch["image"])) if len(batch["image"]) else np.zeros((0, size, size, 3), np.uint8)
+        feats = self.model(images)  # a batch whose images were all skipped: [0, D] features
         return {"knn": feats["knn"], "linear": feats["linear"], "label": np.asarray(batch["label"])}
 
 
-def _decode_transform(batch: dict[str, np.ndarray], *, size: int, augment: bool, seed: int) -> dict:
-    """Ray task: decode ``image`` bytes, then eval transform or train augmentation → ``uint8 [B,S,S,3]``."""
+def _decode_transform(batch: dict[str, np.ndarray], *, size: int, augment: bool, seed: int, tag: str) -> dict:
+    """Ray task: decode ``image`` bytes, then eval transform or train augmentation → ``uint8 [B,S,S,3]``;
+    undecodable images are dropped and counted under ``tag`` (:func:`mimlab.data.pipeline.skipped_images`)."""
     import zlib
 
-    from mimlab.data.sources import decode_rgb
+    from mimlab.data.pipeline import count_skips
+    from mimlab.data.sources import CorruptImage, decode_rgb
 
-    images = [decode_rgb(b) for b in batch["image"]]
+    images, keep, bad = [], [], []
+    for i, data in enumerate(batch["image"]):
+        try:
+            images.append(decode_rgb(data))
+            keep.append(i)
+        except CorruptImage:
+            bad.append(str(batch["path"][i]))
+    if bad:
+        count_skips(tag, bad, announce=False)  # the command reports the count (one line)
+    labels = np.asarray(batch["label"], dtype=np.int64)[np.asarray(keep, dtype=np.int64)]
+    if not images:
+        return {"image": np.zeros((0, size, size, 3), dtype=np.uint8), "label": labels}
     if augment:
         # per-batch stream from (seed, first path): reproducible, different for every batch and epoch seed
         rng = np.random.default_rng([seed, zlib.crc32(str(batch["path"][0]).encode())])
         out = augment_batch(images, size, rng)
     else:
         out = eval_batch(images, size)
-    return {"image": out, "label": np.asarray(batch["label"], dtype=np.int64)}
+    return {"image": out, "label": labels}
 
 
 def features_local(model: FeatureModel, images: list[np.ndarray], size: int, batch_size: int,
@@ -170,18 +190,24 @@ def features_local(model: FeatureModel, images: list[np.ndarray], size: int, bat
 
 def features_ray(ref: ModelRef, src: str | None, split: str, *, size: int, n_last_blocks: int, batch_size: int,
                  workers: int, limit: int | None = None, augment: bool = False, seed: int = 0,
-                 ) -> dict[str, torch.Tensor]:
+                 ) -> tuple[dict[str, torch.Tensor], int]:
     """Features of a split through Ray Data: decode/transform tasks, then an actor pool of ``workers`` models.
 
     Returns:
-        ``{"knn": [N, D], "linear": [N, n·D], "label": [N]}`` (row order is not guaranteed).
+        ``({"knn": [N, D], "linear": [N, n·D], "label": [N]}, skipped)`` (row order is not guaranteed;
+        ``skipped``: undecodable images dropped).
     """
+    import uuid
+
     import ray
 
+    from mimlab.data.pipeline import skipped_images
     from mimlab.runtime.ray_env import ensure_ray
 
     ensure_ray()
-    ds = _image_dataset(src, split, size=size, batch_size=batch_size, limit=limit, augment=augment, seed=seed)
+    tag = f"eval-{split}-{uuid.uuid4().hex[:8]}"
+    ds = _image_dataset(src, split, size=size, batch_size=batch_size, limit=limit, augment=augment, seed=seed,
+                        tag=tag)
     resources = ray.cluster_resources()
     num_gpus = 1 if resources.get("GPU", 0) >= 1 else 0
     # leave at least one CPU for the read/decode tasks, or a pool as large as the cluster starves them
@@ -193,11 +219,13 @@ def features_ray(ref: ModelRef, src: str | None, split: str, *, size: int, n_las
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for key in parts:
             parts[key].append(batch[key])
-    return {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
+    if not parts["label"]:
+        raise UserError(f"{split} data '{src or 'embedded dataset'}': no decodable image")
+    return {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}, int(skipped_images(tag))
 
 
 def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, limit: int | None, augment: bool,
-                   seed: int):
+                   seed: int, tag: str):
     """``ray.data.Dataset`` of transformed ``image`` uint8 ``[S,S,3]`` + ``label``: shards are streamed with
     :mod:`mimlab.data.pipeline`; ImageFolder/flat sources are listed in the driver (bytes shipped as items)."""
     import ray
@@ -218,7 +246,7 @@ def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, l
         which = which or (split if url is None else None)
         _check_shard_labels(url, which, split)
         if not augment:
-            ds = pipeline.eval_dataset(url, size, split=which, batch_size=batch_size)
+            ds = pipeline.eval_dataset(url, size, split=which, batch_size=batch_size, tag=tag, announce=False)
             return _first(ds, limit)
         ds = _first(pipeline.read_shards(url, split=which, columns=["image", "label", "path"]), limit)
     else:
@@ -229,7 +257,7 @@ def _image_dataset(src: str | None, split: str, *, size: int, batch_size: int, l
         items = [{"image": r.image, "label": int(r.label), "path": r.path} for r in records]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 16)))
     return ds.map_batches(_decode_transform, batch_size=batch_size, batch_format="numpy",
-                          fn_kwargs={"size": size, "augment": augment, "seed": seed})
+                          fn_kwargs={"size": size, "augment": augment, "seed": seed, "tag": tag})
 
 
 def _first(ds, limit: int | None):

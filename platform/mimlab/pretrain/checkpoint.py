@@ -8,9 +8,12 @@ mask generator, metric history). Ray Train uploads the folder to ``storage_path`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +63,13 @@ _VERIFIED: dict[str, dict[str, Any]] = {}  # the one state LocalCheckpoints.late
 _WARNED: set[str] = set()  # fallbacks already announced by this process
 
 
-def load_state(folder: str | os.PathLike) -> dict[str, Any]:
+def load_state(folder: str | os.PathLike, fs: Any = None) -> dict[str, Any]:
     """The training state of a checkpoint folder, loaded with ``weights_only=True``: tensors and plain containers
     only, never arbitrary pickled objects (a storage path may be a shared bucket).
+
+    Args:
+        folder: the checkpoint folder (a local path, or a path on ``fs``).
+        fs: an fsspec filesystem holding ``folder`` (``None`` = local).
 
     Raises:
         UserError: no ``state.pt``, or one that is truncated, corrupt or holds anything but weights and plain data.
@@ -70,17 +77,61 @@ def load_state(folder: str | os.PathLike) -> dict[str, Any]:
     cached = _VERIFIED.pop(str(folder), None)
     if cached is not None:
         return cached
-    path = Path(folder) / "state.pt"
-    if not path.is_file():
+    if fs is None:
+        path: Any = Path(folder) / "state.pt"
+        present = path.is_file()
+    else:
+        path = f"{str(folder).rstrip('/')}/state.pt"
+        present = fs.isfile(path)
+    if not present:
         raise UserError(f"checkpoint '{folder}' has no state.pt (not a complete pretraining checkpoint)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if fs is None:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with fs.open(path, "rb") as fh:
+                state = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/UnpicklingError/EOFError/... for bad bytes
         raise UserError(f"checkpoint '{path}' is unreadable ({err.__class__.__name__}: "
                         f"{' '.join(str(err).split())[:160]})") from None
     if not isinstance(state, dict) or "epoch" not in state:
         raise UserError(f"checkpoint '{path}' is not a pretraining state (expected a dict with 'epoch')")
     return state
+
+
+def first_readable(candidates: Iterable[tuple[str, Callable[[], dict[str, Any]]]], where: str,
+                   announce: bool = True) -> tuple[dict[str, Any], str] | None:
+    """The state of the first candidate checkpoint that loads, newest first: the one resume rule of every mode.
+
+    A corrupt or truncated newest checkpoint falls back to the previous one kept, with one line on stderr
+    (once per process and checkpoint; ``announce=False`` on the ranks and processes that must stay quiet).
+
+    Args:
+        candidates: ``(label, load)`` pairs, newest first; ``load()`` returns the state or raises ``UserError``.
+        where: the run folder, named in the error.
+
+    Returns:
+        ``(state, label)`` of the first readable candidate; ``None`` when there are no candidates.
+
+    Raises:
+        UserError: candidates exist but none of them is readable (one line naming each failure).
+    """
+    failures: list[str] = []
+    for label, load in candidates:
+        try:
+            state = load()
+        except UserError as err:
+            failures.append(str(err))
+            continue
+        if failures and announce and label not in _WARNED:
+            _WARNED.add(label)
+            print(f"warning: {'; '.join(failures)}; resuming from the previous checkpoint '{label}' "
+                  f"(epoch {state['epoch']})", file=sys.stderr, flush=True)
+        return state, label
+    if failures:
+        raise UserError(f"no readable checkpoint left in '{where}' ({'; '.join(failures)}); "
+                        "use a new --name or remove the folder to start over")
+    return None
 
 
 def _diff(a: Any, b: Any, prefix: str) -> str | None:
@@ -127,41 +178,29 @@ class LocalCheckpoints:
         self.root = Path(out_dir)
         self.keep = keep
 
-    def latest(self) -> Path | None:
-        """The newest checkpoint folder whose ``state.pt`` loads, or ``None`` when there is none yet.
+    def pointed(self) -> Path | None:
+        """The folder the ``latest`` pointer names (the last one written), without reading it."""
+        pointer = self.root / "latest"
+        return self.root / pointer.read_text().strip() if pointer.is_file() else None
 
-        A corrupt or truncated newest checkpoint falls back to the previous one kept, with one line on stderr.
+    def latest(self) -> Path | None:
+        """The newest checkpoint folder whose ``state.pt`` loads (:func:`first_readable`: a corrupt newest one
+        falls back to the previous one kept, with one line), or ``None`` when there is none yet.
 
         Raises:
             UserError: checkpoints exist but none of them is readable.
         """
-        import sys
-
-        pointer = self.root / "latest"
-        if not pointer.is_file():
+        named = self.pointed()
+        if named is None:
             return None
-        named = self.root / pointer.read_text().strip()
         kept = sorted((p for p in self.root.glob("checkpoint-*") if p.is_dir() and p != named), reverse=True)
-        candidates = [named, *kept]
-        failures: list[str] = []
-        for folder in candidates:
-            if not (folder / "state.pt").is_file():
-                failures.append(f"{folder.name}: no state.pt")
-                continue
-            try:
-                state = load_state(folder)
-            except UserError as err:
-                failures.append(str(err))
-                continue
-            _VERIFIED.clear()
-            _VERIFIED[str(folder)] = state
-            if failures and str(folder) not in _WARNED:
-                _WARNED.add(str(folder))
-                print(f"warning: {failures[0]}; resuming from the previous checkpoint '{folder}'", file=sys.stderr,
-                      flush=True)
-            return folder
-        raise UserError(f"no readable checkpoint left in '{self.root}' ({'; '.join(failures)}); "
-                        "use a new --name or remove the folder to start over")
+        found = first_readable(((str(f), lambda f=f: load_state(f)) for f in (named, *kept)), str(self.root))
+        if found is None:
+            return None
+        state, folder = found
+        _VERIFIED.clear()
+        _VERIFIED[folder] = state  # the training function loads it next: read the bytes once
+        return Path(folder)
 
     def save(self, parts: IBOTParts, epoch: int, history: dict[str, Any]) -> str:
         self.root.mkdir(parents=True, exist_ok=True)

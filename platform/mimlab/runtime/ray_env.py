@@ -1,12 +1,24 @@
-"""Start or join a Ray runtime with the platform's defaults (no usage stats, no dashboard).
+"""Start or join a Ray runtime with the platform's defaults (no usage stats, no dashboard, no cloud probe).
 
 Ray's authentication is left to the user and Ray: ``RAY_AUTH_MODE`` is never set here (Ray 2.59+ turns token
 authentication on for a local runtime by default). Only the tests and CI set ``RAY_AUTH_MODE=disabled``.
+
+No network beyond loopback: the dashboard process a local ``ray.init`` starts (even with ``include_dashboard=False``
+it runs Ray's usage-stats module) asks the cloud-metadata endpoints which cloud it is on — ``http://169.254.169.254``
+(Azure, AWS) and ``http://metadata.google.internal`` (GCP, a DNS lookup first) — whether or not usage stats are
+enabled (``ray/dashboard/modules/usage_stats/usage_stats_head.py`` ``run`` →
+``ray/_common/usage/usage_lib.py`` ``get_cluster_config_to_report`` → ``get_cloud_from_metadata_requests``, unless
+``~/ray_bootstrap_config.yaml`` exists). Ray 2.60 has no setting for it, so the one dashboard process we start gets
+``http_proxy`` pointed at a closed loopback port: its plain-HTTP ``requests`` calls — only these probes — fail at once
+on this machine. Ray's own gRPC ignores ``http_proxy`` (``RAY_grpc_enable_http_proxy`` is off by default) and no
+other Ray process, worker or user code sees the variable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 _DEFAULT_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -14,6 +26,43 @@ _DEFAULT_ENV = {
     "DO_NOT_TRACK": "true",
     "HF_HUB_OFFLINE": "1",
 }
+
+
+#: Where the dashboard's plain-HTTP requests go: the discard port of loopback, where nothing listens.
+NO_PROBE_PROXY = "http://127.0.0.1:9"
+_PROXY_KEYS = ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")
+
+
+@contextlib.contextmanager
+def _dashboard_without_cloud_probe() -> Iterator[None]:
+    """While ``ray.init`` starts a local runtime: the dashboard process is spawned with ``http_proxy`` set to
+    :data:`NO_PROBE_PROXY` (and no ``no_proxy``), and every other process with this process's own environment."""
+    from ray._private import services
+
+    start = getattr(services, "start_api_server", None)
+    if start is None:  # another Ray layout: nothing to wrap (tests/test_no_network.py then fails loudly)
+        yield
+        return
+
+    def start_api_server(*args, **kwargs):
+        saved = {k: os.environ.get(k) for k in _PROXY_KEYS}
+        for k in _PROXY_KEYS:
+            os.environ.pop(k, None)
+        os.environ["http_proxy"] = os.environ["HTTP_PROXY"] = NO_PROBE_PROXY
+        try:
+            return start(*args, **kwargs)  # the dashboard's Popen copies os.environ now
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    services.start_api_server = start_api_server
+    try:
+        yield
+    finally:
+        services.start_api_server = start
 
 
 def apply_default_env() -> None:
@@ -31,8 +80,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     from mimlab.errors import UserError
+    from mimlab.urls import check_ray_address
 
     apply_default_env()
+    check_ray_address(address)  # the argument, else $RAY_ADDRESS (named in the error)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -47,7 +98,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     try:
         # "local" always starts a private runtime: a bare ray.init() would attach to whatever other local
         # cluster happens to be running (another user's, a test's cluster_utils.Cluster).
-        ray.init(address=address or "local", **kwargs)
+        if address is None:
+            with _dashboard_without_cloud_probe():
+                ray.init(address="local", **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError) as err:
         if address:
             raise UserError(f"cannot reach the Ray cluster at '{address}': {err}") from None

@@ -98,6 +98,24 @@ def prepare_batch(records: list, size: int, mean, std, channel_order: str = "rgb
     return images, labels, mask_t
 
 
+def usable_records(data: str | None, split: str | None, limit: int | None) -> tuple[list, list[str]]:
+    """The dataset's records whose image (and mask) decode, and the paths of the skipped ones: a bad image inside
+    a dataset is skipped and counted (a file the user names, as in ``platform explain``, is an error instead).
+
+    Raises:
+        UserError: no image selected, or none that decodes.
+    """
+    from mimlab.data.sources import drop_undecodable, load_records
+
+    records = load_records(data, split=split, limit=limit)
+    if not records:
+        raise UserError(f"data '{data or 'the embedded dataset'}': no images selected (limit={limit})")
+    kept, skipped = drop_undecodable(records)
+    if not kept:
+        raise UserError(f"data '{data or 'the embedded dataset'}': none of its {len(records)} images decodes")
+    return kept, skipped
+
+
 def batch_slices(num_images: int, batch_size: int) -> list[tuple[int, int]]:
     """Fixed ``[lo, hi)`` batches of the image list: the unit of work, independent of the number of actors."""
     return [(lo, min(lo + batch_size, num_images)) for lo in range(0, num_images, batch_size)]
@@ -412,7 +430,6 @@ def compute_saliency(
     """
     import torch
 
-    from mimlab.data.sources import load_records
     from mimlab.explain import build_explainer
     from mimlab.explain.base import NO_TARGET, check_target_index, parse_target
     from mimlab.metrics import DEFAULT_METRICS, build_metric
@@ -439,9 +456,7 @@ def compute_saliency(
             check_target_index(target, int(loaded.module(torch.zeros(1, 3, size, size)).shape[-1]))
     targets_of = {m: (str(target) if e.takes_target else NO_TARGET) for m, e in zip(methods, explainers)}
     del loaded
-    records = load_records(data, split=split, limit=limit)
-    if not records:
-        raise UserError(f"data '{data or 'the embedded dataset'}': no images selected (limit={limit})")
+    records, skipped = usable_records(data, split, limit)
     _validate(records, metric_objs, data, target, explainers)
 
     slices = batch_slices(len(records), batch_size)
@@ -459,6 +474,7 @@ def compute_saliency(
     intervals = {m: {k: bootstrap_ci(values[m][k], CI_SEED) for k in names} for m in methods}
     higher = {m.name: m.higher_is_better for m in metric_objs}
     summary = results_summary(table, intervals, values, targets_of, target=target, channel_order=channel_order)
+    summary.update(num_images=len(records), skipped_images=len(skipped), skipped_paths=skipped)
     rows = []
     for m in methods:
         for i, rec in enumerate(records):
@@ -529,6 +545,7 @@ def evaluate_saliency(
     params.update(data=options.get("data") or "embedded", methods=",".join(options["methods"]),
                   metrics=",".join(options["metrics"]),
                   num_images=len(result.rows) // max(1, len(options["methods"])),
+                  skipped_images=result.summary["skipped_images"],
                   target=result.summary["target"], channel_order=result.summary["channel_order"],
                   method_targets="; ".join(f"{m}: {t}" for m, t in result.targets.items()))
     with tracking.run(

@@ -39,6 +39,7 @@ from mimlab.runtime.saliency import (
     batch_slices,
     check_channel_order,
     prepare_batch,
+    usable_records,
 )
 
 DEFAULT_METHODS = ("gradcam",)
@@ -181,7 +182,6 @@ def compute_sanity(
 
     import torch
 
-    from mimlab.data.sources import load_records
     from mimlab.explain import build_explainer
     from mimlab.explain.base import NO_TARGET, check_target_index, parse_target
     from mimlab.explain.sanity import randomisation_blocks
@@ -205,9 +205,7 @@ def compute_sanity(
             check_target_index(target, int(loaded.module(torch.zeros(1, 3, size, size)).shape[-1]))
     targets_of = {m: (str(target) if e.takes_target else NO_TARGET) for m, e in zip(methods, explainers)}
     num_blocks = len(randomisation_blocks(loaded.module))
-    records = load_records(data, split=split, limit=limit)
-    if not records:
-        raise UserError(f"data '{data or 'the embedded dataset'}': no images selected (limit={limit})")
+    records, skipped = usable_records(data, split, limit)
     _validate(records, [], data, target, explainers)
     del loaded, explainers
 
@@ -226,7 +224,8 @@ def compute_sanity(
         for mode in modes
     }  # [steps, N]
     summary: dict[str, Any] = {
-        "model": model, "weights": weights, "num_images": len(records), "seed": seed, "target": str(target),
+        "model": model, "weights": weights, "num_images": len(records), "skipped_images": len(skipped),
+        "skipped_paths": skipped, "seed": seed, "target": str(target),
         "channel_order": channel_order, "steps": steps, "flag_spearman": FLAG_SPEARMAN,
         "interval": {"level": stats.LEVEL, "method": stats.BOOTSTRAP, "resamples": stats.RESAMPLES,
                      "seed": CI_SEED},

@@ -22,7 +22,14 @@ EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 
 def tracking_uri(uri: str | None = None) -> str:
-    """Resolve the tracking URI: explicit argument, then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///./mlflow.db``."""
+    """Resolve the tracking URI: explicit argument, then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///./mlflow.db``.
+
+    Raises:
+        UserError: a malformed URI (naming the option or the variable), a missing or read-only SQLite folder.
+    """
+    from mimlab.urls import check_tracking_uri
+
+    check_tracking_uri(uri or None)
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{Path('mlflow.db').resolve()}"

@@ -165,9 +165,12 @@ def check_storage(storage_path: str) -> str:
 
 # ------------------------------------------------------------------------------------------ where it runs
 class _TrainSession:
-    """Inside Ray Train: ``ray.train`` checkpoints/reports (or, in local mode, a local checkpoint folder)."""
+    """Inside Ray Train: ``ray.train`` checkpoints/reports (or, in local mode, a local checkpoint folder).
 
-    def __init__(self, local_dir: str | None) -> None:
+    ``resume`` is what the driver's :func:`check_resume` found in Train storage: ``chosen`` (the checkpoint folder
+    name to resume from) and ``skip`` (unreadable newer ones, already announced)."""
+
+    def __init__(self, local_dir: str | None, resume: dict[str, Any] | None = None) -> None:
         import ray.train
 
         from mimlab.pretrain.checkpoint import LocalCheckpoints
@@ -175,6 +178,7 @@ class _TrainSession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.local = LocalCheckpoints(local_dir) if local_dir else None
+        self.resume = resume or {}
 
     def device(self, cfg):
         import torch
@@ -186,9 +190,17 @@ class _TrainSession:
         return torch.device("cpu")
 
     def latest(self) -> tuple[dict[str, Any], str] | None:
+        """The state to resume from (:func:`~mimlab.pretrain.checkpoint.first_readable` over Ray's latest
+        checkpoint, then the driver's pick), or ``None`` for a fresh run.
+
+        Raises:
+            UserError: no candidate is readable.
+        """
+        from pathlib import PurePosixPath
+
         import ray.train
 
-        from mimlab.pretrain.checkpoint import load_state
+        from mimlab.pretrain.checkpoint import first_readable, load_state
 
         if self.local is not None:
             folder = self.local.latest()
@@ -196,9 +208,20 @@ class _TrainSession:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        with ckpt.as_directory() as folder:
-            return load_state(folder), checkpoint_uri(ckpt)
+        here = PurePosixPath(ckpt.path)
+        picks = [ckpt] if here.name not in self.resume.get("skip", ()) else []
+        chosen = self.resume.get("chosen")
+        if chosen and chosen != here.name:  # Ray's latest is unreadable (or newer, from a restart of this run)
+            picks.append(ray.train.Checkpoint(str(here.parent / chosen), filesystem=ckpt.filesystem))
 
+        def opener(c):
+            def load() -> dict[str, Any]:
+                with c.as_directory() as folder:
+                    return load_state(folder)
+            return load
+
+        return first_readable(((checkpoint_uri(c), opener(c)) for c in picks), checkpoint_uri(ckpt).rsplit("/", 1)[0],
+                              announce=self.rank == 0)
 
     def save_and_report(self, metrics: dict[str, Any], parts, epoch: int, history: dict[str, Any]) -> None:
         import ray.train
@@ -300,21 +323,21 @@ def _train_fn(config: dict[str, Any], session: Any = None) -> None:
     from mimlab.pretrain.monitor import OnlineMonitor
     from mimlab.pretrain.schedules import Schedules
 
-    session = session or _TrainSession(config.get("local_dir"))
+    session = session or _TrainSession(config.get("local_dir"), config.get("resume"))
     cfg = PretrainConfig.model_validate(config["cfg"])
     rank, world = session.rank, session.world
     device = session.device(cfg)
     parts = build_parts(cfg, device, rank)
     start, history = 0, {}
-    found = session.latest()
-    if found is not None:
-        state, where = found
-        try:
+    try:
+        found = session.latest()
+        if found is not None:
+            state, where = found
             start = restore(parts, state, where)
-        except UserError as err:
-            session.report({"user_error": str(err)})
-            return
-        history = state.get("history", {})
+            history = state.get("history", {})
+    except UserError as err:
+        session.report({"user_error": str(err)})
+        return
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         parts.student = DistributedDataParallel(parts.student, device_ids=ids)
@@ -514,6 +537,44 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any], ignore: tuple[str
     return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
+def check_resume(storage: str, name: str, local: bool) -> dict[str, Any]:
+    """Before any work: the checkpoint run ``name`` resumes from, by the one rule of
+    :func:`~mimlab.pretrain.checkpoint.first_readable` (newest readable; a corrupt newest one falls back to the
+    previous one kept, with one line; none readable is one error).
+
+    Local mode reads ``STORAGE/NAME/checkpoint-EEEE`` (:class:`LocalCheckpoints`); Ray Train reads the
+    ``checkpoint_<time>`` folders of its run folder ``STORAGE/NAME`` (those of a run with a checkpoint snapshot).
+
+    Returns:
+        For Ray Train, ``{"chosen": folder name or None, "skip": [unreadable newer folder names]}`` for the workers
+        (:class:`_TrainSession`); ``{}`` in local mode (the training function re-reads the verified folder).
+
+    Raises:
+        UserError: the run has checkpoints and none of them is readable.
+    """
+    from mimlab.data.fs import resolve
+    from mimlab.pretrain.checkpoint import LocalCheckpoints, first_readable, load_state
+
+    if local:
+        LocalCheckpoints(Path(storage) / name).latest()
+        return {}
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    run = f"{storage.rstrip('/')}/{name}"
+    fs, root = resolve(run)
+    if not fs.isfile(f"{root}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}"):
+        return {"chosen": None, "skip": []}
+    folders = sorted((p.rstrip("/") for p in fs.ls(root, detail=False)
+                      if p.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.isdir(p)), reverse=True)
+    names = [p.rsplit("/", 1)[-1] for p in folders]
+    shown = [f"{run}/{n}" for n in names]
+    found = first_readable(((label, lambda p=p: load_state(p, fs)) for label, p in zip(shown, folders)), run)
+    if found is None:
+        return {"chosen": None, "skip": []}
+    at = shown.index(found[1])
+    return {"chosen": names[at], "skip": names[:at]}
+
+
 def check_same_run(storage: str, name: str, fingerprint: dict[str, Any]) -> None:
     """Refuse to resume run ``name`` with another config; write the fingerprint on a fresh run.
 
@@ -597,6 +658,10 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
     preflight(cfg)
     data = local_path(data)
     storage = check_storage(local_path(storage_path or cfg.train.storage_path))
+    if train.num_workers == 0 and "://" in storage:
+        raise UserError(f"local mode (0 workers) writes checkpoints to a local folder; storage path "
+                        f"'{storage}' is remote — use --workers 1 or a local --storage-path")
+    resume = check_resume(storage, name, local=train.num_workers == 0)
     uri = tracking.tracking_uri(tracking_uri)
     if mlflow_run_id is None:
         tracking.ensure_experiment(uri, experiment)  # here, so its artifact root is beside the store
@@ -604,9 +669,6 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
     check_resources(train.num_workers, train.use_gpu, train.gpus_per_worker)
     local_dir = None
     if train.num_workers == 0:
-        if "://" in storage:
-            raise UserError(f"local mode (0 workers) writes checkpoints to a local folder; storage path "
-                            f"'{storage}' is remote — use --workers 1 or a local --storage-path")
         local_dir = str(Path(storage) / name)
     world = max(1, train.num_workers)
     url, split, steps = _plan(cfg, data, world)
@@ -617,7 +679,7 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
         _train_fn,
         train_loop_config={"cfg": cfg.resolved(), "steps": steps, "data": url, "split": split,
                            "inject_failure": inject_failure,
-                           "local_dir": local_dir,
+                           "local_dir": local_dir, "resume": resume,
                            "mlflow": {"uri": uri, "experiment": experiment, "name": name, "run_id": mlflow_run_id,
                                       "parent_run_id": parent_run_id}},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
@@ -635,7 +697,7 @@ def run_pretrain(cfg: Any, *, data: str | None = None, name: str, storage_path: 
     uri_ckpt = checkpoint_uri(result.checkpoint) if result.checkpoint is not None else metrics.pop("checkpoint_dir",
                                                                                                     None)
     if local_dir is not None:
-        latest = LocalCheckpoints(local_dir).latest()
+        latest = LocalCheckpoints(local_dir).pointed()
         uri_ckpt = str(latest) if latest is not None else None
     if "user_error" in metrics:
         raise UserError(metrics["user_error"])
