@@ -213,6 +213,21 @@ def _call_once(batch: dict[str, np.ndarray], *, cls, kwargs: dict) -> dict[str, 
     return cls(**kwargs)(batch)
 
 
+def decode_kept(batch: dict[str, np.ndarray], tag: str, announce: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode a batch's ``image`` bytes to RGB arrays, dropping the undecodable ones and counting them under ``tag``
+    (:func:`count_skips`). Returns the images and the row indices they came from (``int64 [K]``)."""
+    images, keep, bad = [], [], []
+    for i, data in enumerate(batch["image"]):
+        try:
+            images.append(decode_rgb(data))
+            keep.append(i)
+        except CorruptImage:
+            bad.append(str(batch["path"][i]))
+    if bad:
+        count_skips(tag, bad, announce=announce)
+    return images, np.asarray(keep, dtype=np.int64)
+
+
 class _DecodeBatch:
     """Decode a batch's images, dropping (and counting) undecodable ones."""
 
@@ -220,16 +235,7 @@ class _DecodeBatch:
     announce: bool = True
 
     def decode(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        images, keep, bad = [], [], []
-        for i, data in enumerate(batch["image"]):
-            try:
-                images.append(decode_rgb(data))
-                keep.append(i)
-            except CorruptImage:
-                bad.append(str(batch["path"][i]))
-        if bad:
-            count_skips(self.tag, bad, announce=self.announce)
-        return images, np.asarray(keep, dtype=np.int64)
+        return decode_kept(batch, self.tag, self.announce)
 
 
 class _MultiCropBatch(_DecodeBatch):

@@ -152,19 +152,10 @@ def _decode_transform(batch: dict[str, np.ndarray], *, size: int, augment: bool,
     undecodable images are dropped and counted under ``tag`` (:func:`mimlab.data.pipeline.skipped_images`)."""
     import zlib
 
-    from mimlab.data.pipeline import count_skips
-    from mimlab.data.sources import CorruptImage, decode_rgb
+    from mimlab.data.pipeline import decode_kept
 
-    images, keep, bad = [], [], []
-    for i, data in enumerate(batch["image"]):
-        try:
-            images.append(decode_rgb(data))
-            keep.append(i)
-        except CorruptImage:
-            bad.append(str(batch["path"][i]))
-    if bad:
-        count_skips(tag, bad, announce=False)  # the command reports the count (one line)
-    labels = np.asarray(batch["label"], dtype=np.int64)[np.asarray(keep, dtype=np.int64)]
+    images, keep = decode_kept(batch, tag, announce=False)  # the command reports the count (one line)
+    labels = np.asarray(batch["label"], dtype=np.int64)[keep]
     if not images:
         return {"image": np.zeros((0, size, size, 3), dtype=np.uint8), "label": labels}
     if augment:
