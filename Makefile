@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(VENV)/bin/platform tune masking-layers --profile demo
+	$(VENV)/bin/platform tune masking-layers --profile quickstart
 
 # Ray's token authentication stays the user's choice for `make run`; only the test run turns it off.
 test: install-test

@@ -84,7 +84,7 @@ def test_unknown_experiment_and_profile_list_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown experiment 'masking-layer' \(did you mean 'masking-layers'\?\)"):
         load_experiment("masking-layer", root=REPO_EXPERIMENTS)
     with pytest.raises(UserError, match=r"unknown profile 'dmo' \(did you mean 'demo'\?\); "
-                                        r"valid: cifar10, demo, demo-long, imagenet-20pct, imagenet-full$"):
+                                        r"valid: cifar10, demo, demo-long, imagenet-20pct, imagenet-full, quickstart$"):
         load_experiment("masking-layers", "dmo", root=REPO_EXPERIMENTS)
 
 
@@ -126,3 +126,21 @@ def test_bad_masking_strategy_fails_on_load(exp_dir):
 def test_config_keys_cover_nested_sections():
     keys = config_keys()
     assert "masking.strategy" in keys and "contrastive.tau" in keys and "optim.lr" in keys
+
+
+def test_quickstart_runs_six_points_of_masking_layers_at_four_blocks():
+    """`make run`'s sweep: the default profile of masking-layers, the documented subset of its 14 points."""
+    exp = load_experiment("masking-layers", None, root=REPO_EXPERIMENTS)
+    assert exp.profile_name == "quickstart"
+    assert [p.label for p in exp.points] == ["random block-wise", "AttMask (high)", "AttMask-Low",
+                                             "Raw_1", "Raw_2", "Raw_3"]
+    assert exp.points[0].config["masking"]["strategy"] == "block"   # the first point also measures `untrained`
+    assert exp.profile.seeds == 1 and exp.profile.resources.max_concurrent == 2
+    assert exp.evaluation.val_limit == 1000 and exp.evaluation.train_limit == 4000   # the whole embedded split
+    for point in exp.points:
+        cfg = point.config
+        assert cfg["model"]["kwargs"]["depth"] == 4 and cfg["train"]["use_gpu"] is False
+        assert cfg["optim"]["epochs"] * cfg["train"]["steps_per_epoch"] == 200
+        assert cfg["masking"]["prob"] == 0.5 and cfg["masking"]["ratio"] == [0.1, 0.5]   # the experiment's base
+    for words in ("6 of its 14", "Raw_1..Raw_3", "cannot rank"):
+        assert words in exp.profile.caveat

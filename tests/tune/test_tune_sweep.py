@@ -70,7 +70,10 @@ def test_tune_cli_sweep_logs_one_finished_parent_and_a_child_per_point(tiny_swee
     assert sorted(c.data.params["sweep.label"] for c in children) == ["Raw_2", "block"]
     for child in children:
         assert "knn_top1_k5" in child.data.metrics and "knn_top1_k10" not in child.data.metrics
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [0]   # per epoch
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [0, 1]   # per epoch
+        # the online monitor's k-NN per epoch (bank 16, 8 queries), then the trial's evaluation after the last epoch
+        online = sorted(client.get_metric_history(child.info.run_id, "knn_top1"), key=lambda m: m.step)
+        assert [m.step for m in online] == [-1, 0, 1, 2]
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"checkpoint", "trial_result.json"} <= names
         ckpt = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}

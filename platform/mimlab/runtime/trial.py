@@ -119,7 +119,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         except BaseException as err:   # the run ends FAILED (the context manager); say why
             mlflow.set_tag("mimlab.error", f"{type(err).__name__}: {err}"[:5000])
             raise
-        mlflow.log_metrics(final)
+        # at the step after the last epoch: the online k-NN monitor logs ``knn_top1`` per epoch with its own (smaller)
+        # bank, and MLflow's latest value of a key (what the runs table, Compare and ``runs compare`` read) is the
+        # one at the highest step — so the trial's final evaluation must come last
+        mlflow.log_metrics(final, step=int(cfg.optim.epochs))
         mlflow.log_dict({"label": point.label, "seed": seed, "overrides": point.overrides, "metrics": final},
                         "trial_result.json")
     # After the child run is closed: Tune may tear the actor down as soon as the function returns.
