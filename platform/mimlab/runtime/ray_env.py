@@ -25,6 +25,10 @@ _DEFAULT_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "HF_HUB_OFFLINE": "1",
+    # Ray Data's per-dataset progress bars: every epoch of every trial streams a dataset, and their bars (forwarded
+    # from the trial processes) buried the sweep's own progress lines; `RAY_DATA_DISABLE_PROGRESS_BARS=0` restores them
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_DATA_LOG_LEVEL": "WARNING",   # and its three INFO lines per dataset (start, plan, finished): 30 per trial
 }
 
 
@@ -71,6 +75,19 @@ def apply_default_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _quiet_ray_data() -> None:
+    """Apply the Ray Data defaults to this process too: ray.data may have been imported (and its logging
+    configured from the environment) before :func:`apply_default_env` ran."""
+    import logging
+
+    from ray.data import DataContext
+
+    if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1":
+        DataContext.get_current().enable_progress_bars = False
+    if os.environ.get("RAY_DATA_LOG_LEVEL"):
+        logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Initialise Ray once per process; a no-op when already initialised (e.g. inside a Tune trial).
 
@@ -84,6 +101,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     apply_default_env()
     check_ray_address(address)  # the argument, else $RAY_ADDRESS (named in the error)
+    _quiet_ray_data()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
