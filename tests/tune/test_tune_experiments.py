@@ -140,7 +140,7 @@ def test_quickstart_runs_six_points_of_masking_layers_at_four_blocks():
     for point in exp.points:
         cfg = point.config
         assert cfg["model"]["kwargs"]["depth"] == 4 and cfg["train"]["use_gpu"] is False
-        assert cfg["optim"]["epochs"] * cfg["train"]["steps_per_epoch"] == 200
+        assert cfg["optim"]["epochs"] * cfg["train"]["steps_per_epoch"] == 240
         assert cfg["masking"]["prob"] == 0.5 and cfg["masking"]["ratio"] == [0.1, 0.5]   # the experiment's base
     for words in ("6 of its 14", "Raw_1..Raw_3", "cannot rank"):
         assert words in exp.profile.caveat
