@@ -88,7 +88,11 @@ def _configure(scratch: Path, module: str, tests: str) -> None:
 def _mutmut(scratch: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
-               DO_NOT_TRACK="true", HF_HUB_OFFLINE="1")
+               DO_NOT_TRACK="true", HF_HUB_OFFLINE="1",
+               # mutmut forks each mutant's run from a process that has already run torch ops; a forked child
+               # that enters an OpenMP parallel region of the parent's thread team deadlocks (gomp barrier), which
+               # mutmut then reports as a *timeout* whatever the tests would have said. One intra-op thread: no team.
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", _MUTMUT, *args], cwd=scratch, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
