@@ -184,3 +184,51 @@ def test_pair_scores_own_score_or_last_layer_fallback():
     assert torch.allclose(masking.pair_scores(1, cap), own, atol=1e-6)
     plain = build_masking({"strategy": "block"}, num_global_crops=2, depth=DEPTH)
     assert not plain.needs_attention and plain.layers == ()
+
+
+def _ranks(cap, layer):
+    """Per image, patch ids by decreasing head-mean cls attention (the independent loop of _cls_scores)."""
+    return [sorted(range(N), key=lambda j: (-s[j], j)) for s in _cls_scores(cap, layer)]
+
+
+def test_hint_can_reveal_each_of_the_exact_top_show_max_patches():
+    # show_max 0.25 of 64 patches is exactly 16 top patches (the 16th included); fixed ratio 0.5: High masks the
+    # top 32 and ⌊64·0.25·0.5⌋ = 8 of the top 16 are revealed, uniformly — over 200 images every one of the 16
+    # ranks is revealed somewhere, and nothing outside them ever is.
+    cap = make_capture(200, seed=13)
+    section = {"prob": 1.0, "ratio_mode": "fixed", "fixed_ratio": 0.5}
+    hint = _mask("attmask-hint:show_max=0.25", cap, 200, **section)
+    revealed_ranks = set()
+    for row, order in zip(_as_sets(hint), _ranks(cap, DEPTH - 1)):
+        unmasked_top32 = [r for r, j in enumerate(order[:32]) if j not in row]
+        assert len(unmasked_top32) == 8 and max(unmasked_top32) < 16
+        revealed_ranks.update(unmasked_top32)
+    assert revealed_ranks == set(range(16))
+
+
+def test_hint_reveals_are_drawn_independently_per_image():
+    # 40 copies of one image's attention: the High masks are identical, the revealed hints must not all be
+    one = make_capture(1, seed=14)
+    for store in (one.attn, one.logits, one.keys):
+        for l in store:
+            store[l] = store[l].expand(40, *store[l].shape[1:])
+    section = {"prob": 1.0, "ratio_mode": "fixed", "fixed_ratio": 0.5}
+    hint = _mask("attmask-hint:show_max=0.25", one, 40, **section)
+    high = _mask("attmask-high", one, 40, **section)
+    assert (high == high[0]).all()
+    assert len({tuple(r.tolist()) for r in hint}) > 20  # C(16, 8) = 12870 equally likely reveal sets
+
+
+def test_legacy_cumulative_headsum_bug_applies_to_log_too():
+    cap = make_capture(5, seed=15)
+    logits = cap.logits[DEPTH - 1]
+    # independent: log-softmax of the cls row over all tokens, head mean, patch columns, then the running sum
+    per_image = [(logits[b, :, 0, :] - logits[b, :, 0, :].logsumexp(-1, keepdim=True))[:, 1:].mean(0).tolist()
+                 for b in range(5)]
+    running, acc = [], [0.0] * N
+    for s in per_image:
+        acc = [a + v for a, v in zip(acc, s)]
+        running.append(list(acc))
+    got = _as_sets(_mask("attmask-log", cap, 5, **{**FIXED, "legacy_cumulative_headsum_bug": True}))
+    assert got == [_topk_reference(s, K) for s in running]
+    assert got[1:] != _as_sets(_mask("attmask-log", cap, 5))[1:]
