@@ -215,8 +215,9 @@ def test_batch_option_bounds_the_states_per_forward():
     build_metric("deletion:batch=5")(model, images, maps, None, MEAN, STD)
     assert max(sizes[1:]) == 5  # sizes[0]: the prediction forward of the 2 images
     sizes.clear()
+    _, images, maps = _batch(2, size=32)
     build_metric("deletion")(model, images, maps, None, MEAN, STD)  # default 64 states per forward
-    assert sizes[1:] == [2 * 17]  # 2 images x 17 states (step 16 on 16x16) fit in one forward of <= 64
+    assert sizes[1:] == [64, 2]  # 2 images x 33 states (step 32 on 32x32) = 66 states
 
 
 @pytest.mark.parametrize(("spec", "ok"), [("deletion:step=1", True), ("deletion:batch=1", True),
@@ -253,3 +254,15 @@ def test_a_shared_cache_reuses_forwards_and_keeps_options_apart():
     for n in plain:
         torch.testing.assert_close(got[n], plain[n])
     assert not torch.equal(got["ad"], got["ad:space=normalized"])
+
+
+def test_a_shared_cache_predicts_the_classes_once_for_every_metric():
+    model = tiny_cnn(seed=2)
+    _, images, maps = _batch(2, size=16)
+    cache: dict = {}
+    sizes = _counting(model)
+    build_metric("ad:class=predicted")(model, images, maps, None, MEAN, STD, cache=cache)
+    assert len(sizes) == 3  # argmax f(x), then Y = f(x) and O = f(E)
+    build_metric("deletion")(model, images, maps, None, MEAN, STD, cache=cache)
+    build_metric("insertion")(model, images, maps, None, MEAN, STD, cache=cache)
+    assert len(sizes) == 3 + 1 + 1  # one forward of the 2 x 17 states each, no new prediction
