@@ -115,6 +115,7 @@ def run_module(scratch: Path, module: str, tests: tuple[str, ...], children: int
     listing = _mutmut(scratch, "results", "--all", "true", timeout=300).stdout
     counts = {s: 0 for s in STATUSES}
     survivors: list[str] = []
+    untested: list[str] = []
     for line in listing.splitlines():
         if ":" not in line:
             continue
@@ -123,12 +124,14 @@ def run_module(scratch: Path, module: str, tests: tuple[str, ...], children: int
             counts[status] += 1
             if status == "survived":
                 survivors.append(name)
+            elif status == "no tests":
+                untested.append(name)
     total = sum(counts.values())
     if total == 0:
         tail = (run.stdout + run.stderr).replace("\r", "\n").strip().splitlines()[-5:]
         raise SystemExit(f"error: mutmut produced no mutants for {module}: {' | '.join(tail)}")
     return {"module": module, "tests": list(tests), "seconds": round(seconds, 1), "total": total, **counts,
-            "survivors": survivors}
+            "survivors": survivors, "untested": untested}
 
 
 def _diff(scratch: Path, name: str) -> str:
@@ -169,6 +172,8 @@ def main() -> None:
             if args.survivors:
                 for name in row["survivors"]:
                     print(_diff(scratch, name))
+                if row["untested"]:  # no selected test calls these functions
+                    print("no tests:", ", ".join(sorted({n.rsplit("__mutmut_", 1)[0] for n in row["untested"]})))
     print()
     print("| module | mutants | killed | timed out | survived | no tests | caught | target |")
     print("|---|---|---|---|---|---|---|---|")
