@@ -96,10 +96,12 @@ def _mutmut(scratch: Path, *args: str, timeout: float | None = None) -> subproce
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
                DO_NOT_TRACK="true", HF_HUB_OFFLINE="1",
-               # mutmut forks each mutant's run from a process that has already run torch ops; a forked child
-               # that enters an OpenMP parallel region of the parent's thread team deadlocks (gomp barrier), which
-               # mutmut then reports as a *timeout* whatever the tests would have said. One intra-op thread: no team.
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               # mutmut forks each mutant's run from a process that has already run the tests once; a forked child
+               # that needs a lock or thread pool another thread of the parent held at the fork deadlocks, and
+               # mutmut then reports a *timeout* (caught) whatever the tests would have said. Two such: an OpenMP
+               # parallel region of torch (gomp barrier; one intra-op thread has no team) and tqdm's progress-bar
+               # lock, held by its monitor thread (Score-/Ablation-CAM draw bars; disabled bars start no monitor).
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     return subprocess.run([sys.executable, "-c", _MUTMUT, *args], cwd=scratch, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
