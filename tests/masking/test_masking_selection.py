@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -232,3 +234,77 @@ def test_legacy_cumulative_headsum_bug_applies_to_log_too():
     got = _as_sets(_mask("attmask-log", cap, 5, **{**FIXED, "legacy_cumulative_headsum_bug": True}))
     assert got == [_topk_reference(s, K) for s in running]
     assert got[1:] != _as_sets(_mask("attmask-log", cap, 5))[1:]
+
+
+def _beit_reference(target, grid, rng):
+    """Independent BEiT block growth (methods-spec §4.6) with Python scalars and sets of cells, images in lock-step
+    (one ``rng.random((k, 4))`` draw per attempt for the k images still trying, in image order, as grow_blocks
+    documents), so the same stream gives the same blocks."""
+    h, w = grid
+    b = len(target)
+    min_area = float((min(h, w) // 3) ** 2)
+    lo, hi = math.log(0.3), math.log(1 / 0.3)
+    cells = [set() for _ in range(b)]
+    count = [0] * b
+    growing = [count[i] < target[i] for i in range(b)]
+    while any(growing):
+        budget = [target[i] - count[i] for i in range(b)]
+        added = [False] * b
+        for _ in range(10):
+            rows = [i for i in range(b) if growing[i] and not added[i]]
+            if not rows:
+                break
+            u = rng.random((len(rows), 4))
+            for j, i in enumerate(rows):
+                area = min_area + (budget[i] - min_area) * u[j, 0]
+                aspect = math.exp(lo + (hi - lo) * u[j, 1])
+                bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                top = max(math.floor(u[j, 2] * (h - bh + 1)), 0)
+                left = max(math.floor(u[j, 3] * (w - bw + 1)), 0)
+                box = {(y, x) for y in range(top, min(top + bh, h)) for x in range(left, min(left + bw, w))}
+                new = len(box - cells[i])
+                if bh < h and bw < w and 1 <= new <= budget[i]:
+                    cells[i] |= box
+                    count[i] += new
+                    added[i] = True
+        growing = [growing[i] and added[i] and count[i] < target[i] for i in range(b)]
+    out = np.zeros((b, h, w), dtype=bool)
+    for i, c in enumerate(cells):
+        for y, x in c:
+            out[i, y, x] = True
+    return out
+
+
+@pytest.mark.parametrize(("grid", "seed"), [((14, 14), 0), ((5, 7), 1), ((4, 4), 2), ((9, 6), 3)])
+def test_block_growth_equals_the_loop_reference(grid, seed):
+    from mimlab.masking.blockwise import grow_blocks
+
+    n = grid[0] * grid[1]
+    gen = np.random.default_rng(100 + seed)
+    target = gen.uniform(0.1, 0.95, 24) * n * (gen.random(24) < 0.75)  # a quarter of the images unmasked (T = 0)
+    got = grow_blocks(target, grid, np.random.default_rng(seed))
+    want = _beit_reference(target.tolist(), grid, np.random.default_rng(seed))
+    assert np.array_equal(got, want)
+    assert not got[target == 0].any() and got[target > 0].any()
+
+
+def test_block_target_is_ratio_times_patches_and_zero_for_unmasked_images():
+    from mimlab.masking.base import MaskContext
+    from mimlab.masking.blockwise import _target_area
+
+    masking = build_masking({"strategy": "block", "prob": 0.5, "ratio": [0.2, 0.4]}, num_global_crops=1, depth=DEPTH)
+    strategy = masking.strategies[0]
+    ctx = MaskContext(batch_size=400, grid=GRID, captured=None, generator=torch.Generator().manual_seed(0))
+    target = _target_area(strategy, ctx)
+    kept = target > 0
+    assert 0.4 < kept.float().mean() < 0.6  # prob 0.5 of 400 images
+    assert (target[~kept] == 0).all()  # exactly 0, not a stray value for the unmasked ones
+    assert ((target[kept] >= 0.2 * N) & (target[kept] <= 0.4 * N)).all()
+
+
+def test_block_masks_of_different_generator_seeds_are_all_distinct():
+    # 200 generator seeds, one 14x14 image each: the numpy stream is seeded from the generator with enough range
+    # that no two of 200 seeds share a mask (a handful of distinct seeds would repeat masks)
+    masking = build_masking({"strategy": "block", "prob": 1.0, "ratio": [0.3, 0.5]}, num_global_crops=1, depth=12)
+    masks = {tuple(masking(0, 1, (14, 14), None, torch.Generator().manual_seed(s))[0].tolist()) for s in range(200)}
+    assert len(masks) == 200
