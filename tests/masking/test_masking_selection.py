@@ -275,13 +275,16 @@ def _beit_reference(target, grid, rng):
     return out
 
 
-@pytest.mark.parametrize(("grid", "seed"), [((14, 14), 0), ((5, 7), 1), ((4, 4), 2), ((9, 6), 3)])
-def test_block_growth_equals_the_loop_reference(grid, seed):
+@pytest.mark.parametrize(("grid", "seed", "whole"), [((14, 14), 0, False), ((5, 7), 1, False), ((4, 4), 2, False),
+                                                     ((9, 6), 3, False), ((14, 14), 4, True), ((6, 6), 5, True)])
+def test_block_growth_equals_the_loop_reference(grid, seed, whole):
     from mimlab.masking.blockwise import grow_blocks
 
     n = grid[0] * grid[1]
     gen = np.random.default_rng(100 + seed)
     target = gen.uniform(0.1, 0.95, 24) * n * (gen.random(24) < 0.75)  # a quarter of the images unmasked (T = 0)
+    if whole:  # whole-cell targets (e.g. 0.5 x 196 = 98): a block may fill the budget exactly
+        target = np.floor(target)
     got = grow_blocks(target, grid, np.random.default_rng(seed))
     want = _beit_reference(target.tolist(), grid, np.random.default_rng(seed))
     assert np.array_equal(got, want)
