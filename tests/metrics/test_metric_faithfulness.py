@@ -266,3 +266,8 @@ def test_a_shared_cache_predicts_the_classes_once_for_every_metric():
     build_metric("deletion")(model, images, maps, None, MEAN, STD, cache=cache)
     build_metric("insertion")(model, images, maps, None, MEAN, STD, cache=cache)
     assert len(sizes) == 3 + 1 + 1  # one forward of the 2 x 17 states each, no new prediction
+
+
+def test_curves_need_labels_only_for_the_gt_class():
+    assert not build_metric("insertion").requires_label() and not build_metric("deletion").requires_label()
+    assert build_metric("insertion:class=gt").requires_label() and build_metric("deletion:class=gt").requires_label()
