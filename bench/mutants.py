@@ -3,7 +3,8 @@
 For each module, mutmut (a maintained mutation tool, `pip install -e ".[dev]"`) rewrites the module into many
 small variants (an operator flipped, a constant changed, an argument dropped) and runs that module's own tests
 (its test folder, or the files of it that call the module: see MODULES) against each. A mutant the tests catch is *killed*; one that makes the tests hang is *timed out* (caught
-too: the suite noticed); one the tests pass on is a *survivor* — a change to the code that no test can see.
+too: the suite noticed); one the tests pass on is a *survivor* — a change to the code that no test can see. The
+survivors judged equivalent (no observable change) are listed, with the reason, in bench/mutants-equivalent.md.
 
 How it runs: the repository's tracked files (``git archive HEAD`` of the checkout this script sits in, or the
 working tree with ``--working-tree``) are laid out in a scratch folder with ``mimlab/`` at the top (mutmut maps
