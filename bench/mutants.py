@@ -11,7 +11,7 @@ working tree with ``--working-tree``) are laid out in a scratch folder with ``mi
 file paths to module names, and our source folder ``platform/`` is not a package), and mutmut is started with the
 editable install's ``platform/`` entry removed from ``sys.path`` so the tests import the mutated copy.
 
-    python bench/mutants.py                       # every module below, ~10 min each on 2 cores
+    python bench/mutants.py --children 1          # every module below: 20-70 s each, ~5 min in all, one core
     python bench/mutants.py --module pretrain/loss.py --survivors
 """
 
