@@ -97,3 +97,103 @@ def test_bad_input_is_one_clear_line(case, match):
     with pytest.raises(UserError, match=match) as err:
         knn_classify(tr, try_, te, tey, ks=(10, 200) if case == "few" else (10,))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("query_3d", "k-NN features must be 2-D [N, D]; got bank (30, 32) and queries (5, 4, 8)"),
+    ("dim", "k-NN feature-dimension mismatch: the bank has 32-d features but the queries have 16-d "
+            "(extract both with the same model)"),
+    ("train_none", "k-NN needs labels for the train (bank) split; the data has none"),
+    ("val_none", "k-NN needs labels for the val (queries) split; the data has none"),
+    ("train_short", "k-NN train (bank) labels must be [N] = [30]; got (29,)"),
+    ("val_2d", "k-NN val (queries) labels must be [N] = [5]; got (5, 1)"),
+    ("val_neg", "k-NN val (queries) split has images without a label (label < 0)"),
+    ("no_k", "k-NN needs at least one k (--k 10,20,100,200)"),
+    ("k0", "k-NN k must be >= 1; got [0, 10]"),
+    ("few", "the k-NN bank has 30 images but k=200 was requested; use --k values <= 30 or a larger train split"),
+    ("no_queries", "k-NN has no query images (the val split is empty)"),
+])
+def test_bad_input_message_names_the_split_and_the_values(case, message):
+    # expected lines written by hand from the shapes built below
+    tr, try_, te, tey = _random(n_train=30, n_test=5)
+    ks = (10,)
+    if case == "query_3d":
+        te = torch.randn(5, 4, 8)
+    elif case == "dim":
+        te = te[:, :16]
+    elif case == "train_none":
+        try_ = None
+    elif case == "val_none":
+        tey = None
+    elif case == "train_short":
+        try_ = try_[:29]
+    elif case == "val_2d":
+        tey = tey[:, None]
+    elif case == "val_neg":
+        tey = tey.clone()
+        tey[0] = -1
+    elif case == "no_k":
+        ks = ()
+    elif case == "k0":
+        ks = (10, 0)
+    elif case == "few":
+        ks = (10, 200)
+    elif case == "no_queries":
+        te, tey = te[:0], tey[:0]
+    with pytest.raises(UserError) as err:
+        knn_classify(tr, try_, te, tey, ks=ks)
+    assert str(err.value) == message
+
+
+def test_k_of_one_is_the_nearest_neighbours_label():
+    # independent: the dense float64 reference (k = 1 is the smallest valid k)
+    tr, try_, te, tey = _random(n_train=50, n_test=20, seed=4)
+    assert knn_classify(tr, try_, te, tey, ks=(1,), num_classes=7) == dense_reference(tr, try_, te, tey, (1,), 0.07, 7)
+
+
+def test_tiny_temperature_ranks_by_the_nearest_neighbour_without_overflow():
+    # hand-made: nearest neighbour (sim 0.9) is class 1, two at sim 0.89 are class 0. With T = 1e-3 the weights
+    # are 1 vs 2·e^-10 (relative to the nearest), so class 1 wins; exp(sim / T) itself would overflow to inf and
+    # tie the two classes (the tie would go to class 0).
+    tr = torch.tensor([[0.9, 0.0], [0.89, 0.0], [0.89, 0.0]])
+    tr_y = torch.tensor([1, 0, 0])
+    q, qy = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    assert knn_classify(tr, tr_y, q, qy, ks=(3,), temperature=1e-3)[3]["top1"] == 100.0
+
+
+def test_class_score_ties_rank_the_lower_class_first():
+    # hand-made: 20 classes, every neighbour is class 7, so classes != 7 all score 0; the documented tie rule puts
+    # classes 0..3 next in the top-5, so a query labelled 3 is a top-5 hit and one labelled 4 is not.
+    tr = F.normalize(torch.randn(10, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    tr_y = torch.full((10,), 7)
+    q = tr[:2]
+    res = knn_classify(tr, tr_y, q, torch.tensor([3, 3]), ks=(5,), num_classes=20)
+    assert res[5] == {"top1": 0.0, "top5": 100.0}
+    assert knn_classify(tr, tr_y, q, torch.tensor([4, 4]), ks=(5,), num_classes=20)[5]["top5"] == 0.0
+
+
+def test_float64_features_equal_the_dense_reference():
+    tr, try_, te, tey = _random(n_train=120, n_test=30, seed=5)
+    got = knn_classify(tr.double(), try_, te.double(), tey, ks=(10, 20), num_classes=7)
+    assert got == dense_reference(tr, try_, te, tey, (10, 20), 0.07, 7)
+
+
+def test_similarity_blocks_never_exceed_the_chunk_sizes():
+    # the documented memory bound: every similarity matmul is at most chunk_size x bank_chunk_size (recorded as
+    # torch calls, independent of how knn.py slices)
+    from torch.overrides import TorchFunctionMode
+
+    shapes = []
+
+    class RecordMatmuls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if getattr(func, "__name__", "") in ("matmul", "__matmul__", "mm"):
+                shapes.append(tuple(out.shape))
+            return out
+
+    tr, try_, te, tey = _random(n_train=100, n_test=20, seed=6)
+    with RecordMatmuls():
+        knn_classify(tr, try_, te, tey, ks=(10,), chunk_size=8, bank_chunk_size=30)
+    assert shapes and max(r for r, _ in shapes) == 8 and max(c for _, c in shapes) == 30
+    assert sum(c for r, c in shapes if r == 8) == 2 * 100  # the bank is scanned once per full query chunk

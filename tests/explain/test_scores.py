@@ -111,3 +111,77 @@ def test_raw_star_x_keys_norm_is_nonnegative_product():
     prod = scores.raw_star_x_keys_norm(logits, keys)
     assert (prod >= 0).all() and (prod <= 1).all()
     torch.testing.assert_close(prod, scores.minmax(scores.raw_star(logits)) * scores.minmax(scores.keys_norm(keys)))
+
+
+def _rollout_matrix_numpy(attns, order, b):
+    """Independent full rollout matrix of image ``b``: explicit rownorm(mean_h A + I) factors and product order."""
+    mats = []
+    for a in attns:
+        m = a.numpy()[b].mean(0) + np.eye(a.shape[-1])
+        mats.append(m / m.sum(-1, keepdims=True))
+    out = np.eye(mats[0].shape[0])
+    for m in (mats[::-1] if order == "descending" else mats):
+        out = out @ m
+    return out
+
+
+@pytest.mark.parametrize("order", ["descending", "ascending"])
+def test_rollout_matrix_golden_and_its_cls_row_is_rollout(order):
+    g = torch.Generator().manual_seed(4)
+    attns = [torch.rand(2, 3, 6, 6, generator=g, dtype=torch.float64) for _ in range(3)]  # rows do not sum to 1
+    mat = scores.rollout_matrix(attns, order)
+    assert mat.shape == (2, 6, 6)
+    for b in range(2):
+        np.testing.assert_allclose(mat[b].numpy(), _rollout_matrix_numpy(attns, order, b), rtol=1e-10)
+    torch.testing.assert_close(mat[:, 0, 1:], scores.rollout(attns, order))
+    half = scores.rollout_matrix([a.to(torch.bfloat16) for a in attns], order)
+    assert half.dtype == torch.float32
+    np.testing.assert_allclose(half[1].numpy(), _rollout_matrix_numpy(attns, order, 1), rtol=3e-2)
+
+
+def test_rollout_default_order_is_descending_and_images_are_normalised_separately():
+    g = torch.Generator().manual_seed(5)
+    attns = [torch.rand(3, 2, 5, 5, generator=g, dtype=torch.float64) * (1 + s) for s in range(2)]
+    got = scores.rollout(attns)
+    for b in range(3):  # independent per-image chain (batch of 3: a batch-wide normalisation would show)
+        np.testing.assert_allclose(got[b].numpy(), _rollout_matrix_numpy(attns, "descending", b)[0, 1:], rtol=1e-10)
+    torch.testing.assert_close(scores.rollout_matrix(attns), scores.rollout_matrix(attns, "descending"))
+
+
+def test_raw_log_is_the_head_mean_log_softmax():
+    logits = _logits()
+    # independent: log of the float64 softmax over all columns, head mean, patch columns
+    ref = np.log(logits.softmax(-1).numpy()[:, :, 0, :]).mean(1)[:, 1:]
+    np.testing.assert_allclose(scores.raw_log(logits).numpy(), ref, rtol=1e-10)
+
+
+def test_raw_product_mode_and_prefix_are_passed_to_both_factors():
+    logits = _logits(b=2, h=3, n=10)
+    keys = torch.randn(2, 3, 10, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    k = keys.numpy()
+    # independent loops: head-mean cls logit x ‖mean_h k‖, patch tokens after 2 prefix tokens
+    star = logits.numpy()[:, :, 0, 2:].mean(1)
+    norms = np.array([[np.linalg.norm(k[b, :, n, :].mean(0)) for n in range(2, 10)] for b in range(2)])
+    np.testing.assert_allclose(scores.raw_star_x_keys_norm(logits, keys, mode="raw", num_prefix=2).numpy(),
+                               star * norms, rtol=1e-12)
+    mm = scores.raw_star_x_keys_norm(logits, keys, num_prefix=2)
+    assert mm.shape == (2, 8)
+    torch.testing.assert_close(mm, scores.minmax(torch.from_numpy(star)) * scores.minmax(torch.from_numpy(norms)))
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda a, k, lg: scores.rollout(a, "sideways"),
+     "rollout order must be one of ('descending', 'ascending'), got 'sideways'"),
+    (lambda a, k, lg: scores.rollout_matrix([], "descending"), "rollout needs at least one attention tensor"),
+    (lambda a, k, lg: scores.rollout([]), "rollout needs at least one attention tensor"),
+    (lambda a, k, lg: scores.keys_norm(k, "max"),
+     "keys_norm variant must be one of ('mean-key', 'concat', 'mean-norm'), got 'max'"),
+    (lambda a, k, lg: scores.raw_star_x_keys_norm(lg, k, mode="rank"),
+     "raw_star_x_keys_norm mode must be one of ('minmax', 'raw'), got 'rank'"),
+])
+def test_bad_arguments_name_the_value_and_the_choices(call, message):
+    logits = _logits(b=1, h=2, n=5)
+    keys = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    with pytest.raises(ValueError) as err:
+        call([logits.softmax(-1)], keys, logits)
+    assert str(err.value) == message

@@ -108,3 +108,41 @@ def test_wrong_capture_is_a_loud_error():
         masking(0, 5, GRID, make_capture(4), torch.Generator())
     with pytest.raises(ValueError, match="grid"):
         masking(0, 4, (4, 4), make_capture(4), torch.Generator())
+
+
+@pytest.mark.parametrize(("strategy", "line"), [
+    ("attmask-raw:layer=5", "masking.strategy: masking strategy 'attmask-raw:layer=5': layer 5 is outside 1..4 "
+                            "(layers are 1-based; the model has 4 blocks)"),
+    ("attmask-rollout:layers=0-2", "masking.strategy: masking strategy 'attmask-rollout:layers=0-2': layers 0 is "
+                                   "outside 1..4 (layers are 1-based; the model has 4 blocks)"),
+    ("attmask-pow:p=0", "masking.strategy: masking strategy 'attmask-pow:p=0': needs a power p > 0 "
+                        "(e.g. attmask-pow:p=0.5)"),
+])
+def test_error_line_names_the_spec_and_its_key(strategy, line):
+    # the whole line, written by hand: which spec, which key, which value, what was expected
+    with pytest.raises(UserError) as err:
+        build_masking({"strategy": strategy}, num_global_crops=1, depth=DEPTH)
+    assert str(err.value) == line
+
+
+def test_wrong_capture_error_names_the_store_the_layer_and_both_counts():
+    masking = build_masking({"strategy": "attmask-high"}, num_global_crops=1, depth=DEPTH)
+    with pytest.raises(ValueError) as err:
+        masking(0, 5, GRID, make_capture(4), torch.Generator())
+    assert str(err.value) == "captured attn[3] has 4 images, expected batch_size=5"
+    with pytest.raises(ValueError) as err:  # 8x8 grid + 1 cls token captured, a 4x4 grid asked for
+        masking(0, 4, (4, 4), make_capture(4), torch.Generator())
+    assert str(err.value) == "captured attn[3] has 64 patch tokens, but grid (4, 4) has 16"
+
+
+@pytest.mark.parametrize("show_max", ["0", "1"])
+def test_hint_show_max_accepts_both_ends_of_0_1(show_max):
+    masking = build_masking({"strategy": f"attmask-hint:show_max={show_max}", "prob": 1.0, "ratio_mode": "fixed",
+                             "fixed_ratio": 0.25}, num_global_crops=1, depth=DEPTH)
+    high = build_masking({"strategy": "attmask-high", "prob": 1.0, "ratio_mode": "fixed", "fixed_ratio": 0.25},
+                         num_global_crops=1, depth=DEPTH)
+    cap = make_capture(6, seed=12)
+    hint, plain = masking(0, 6, GRID, cap, torch.Generator().manual_seed(0)), high(0, 6, GRID, cap, torch.Generator())
+    assert (hint <= plain).all()  # hints only ever unmask High's patches
+    if show_max == "0":  # nothing may be revealed
+        assert torch.equal(hint, plain)

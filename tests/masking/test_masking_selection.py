@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -184,3 +186,128 @@ def test_pair_scores_own_score_or_last_layer_fallback():
     assert torch.allclose(masking.pair_scores(1, cap), own, atol=1e-6)
     plain = build_masking({"strategy": "block"}, num_global_crops=2, depth=DEPTH)
     assert not plain.needs_attention and plain.layers == ()
+
+
+def _ranks(cap, layer):
+    """Per image, patch ids by decreasing head-mean cls attention (the independent loop of _cls_scores)."""
+    return [sorted(range(N), key=lambda j: (-s[j], j)) for s in _cls_scores(cap, layer)]
+
+
+def test_hint_can_reveal_each_of_the_exact_top_show_max_patches():
+    # show_max 0.25 of 64 patches is exactly 16 top patches (the 16th included); fixed ratio 0.5: High masks the
+    # top 32 and ⌊64·0.25·0.5⌋ = 8 of the top 16 are revealed, uniformly — over 200 images every one of the 16
+    # ranks is revealed somewhere, and nothing outside them ever is.
+    cap = make_capture(200, seed=13)
+    section = {"prob": 1.0, "ratio_mode": "fixed", "fixed_ratio": 0.5}
+    hint = _mask("attmask-hint:show_max=0.25", cap, 200, **section)
+    revealed_ranks = set()
+    for row, order in zip(_as_sets(hint), _ranks(cap, DEPTH - 1)):
+        unmasked_top32 = [r for r, j in enumerate(order[:32]) if j not in row]
+        assert len(unmasked_top32) == 8 and max(unmasked_top32) < 16
+        revealed_ranks.update(unmasked_top32)
+    assert revealed_ranks == set(range(16))
+
+
+def test_hint_reveals_are_drawn_independently_per_image():
+    # 40 copies of one image's attention: the High masks are identical, the revealed hints must not all be
+    one = make_capture(1, seed=14)
+    for store in (one.attn, one.logits, one.keys):
+        for l in store:
+            store[l] = store[l].expand(40, *store[l].shape[1:])
+    section = {"prob": 1.0, "ratio_mode": "fixed", "fixed_ratio": 0.5}
+    hint = _mask("attmask-hint:show_max=0.25", one, 40, **section)
+    high = _mask("attmask-high", one, 40, **section)
+    assert (high == high[0]).all()
+    assert len({tuple(r.tolist()) for r in hint}) > 20  # C(16, 8) = 12870 equally likely reveal sets
+
+
+def test_legacy_cumulative_headsum_bug_applies_to_log_too():
+    cap = make_capture(5, seed=15)
+    logits = cap.logits[DEPTH - 1]
+    # independent: log-softmax of the cls row over all tokens, head mean, patch columns, then the running sum
+    per_image = [(logits[b, :, 0, :] - logits[b, :, 0, :].logsumexp(-1, keepdim=True))[:, 1:].mean(0).tolist()
+                 for b in range(5)]
+    running, acc = [], [0.0] * N
+    for s in per_image:
+        acc = [a + v for a, v in zip(acc, s)]
+        running.append(list(acc))
+    got = _as_sets(_mask("attmask-log", cap, 5, **{**FIXED, "legacy_cumulative_headsum_bug": True}))
+    assert got == [_topk_reference(s, K) for s in running]
+    assert got[1:] != _as_sets(_mask("attmask-log", cap, 5))[1:]
+
+
+def _beit_reference(target, grid, rng):
+    """Independent BEiT block growth (methods-spec §4.6) with Python scalars and sets of cells, images in lock-step
+    (one ``rng.random((k, 4))`` draw per attempt for the k images still trying, in image order, as grow_blocks
+    documents), so the same stream gives the same blocks."""
+    h, w = grid
+    b = len(target)
+    min_area = float((min(h, w) // 3) ** 2)
+    lo, hi = math.log(0.3), math.log(1 / 0.3)
+    cells = [set() for _ in range(b)]
+    count = [0] * b
+    growing = [count[i] < target[i] for i in range(b)]
+    while any(growing):
+        budget = [target[i] - count[i] for i in range(b)]
+        added = [False] * b
+        for _ in range(10):
+            rows = [i for i in range(b) if growing[i] and not added[i]]
+            if not rows:
+                break
+            u = rng.random((len(rows), 4))
+            for j, i in enumerate(rows):
+                area = min_area + (budget[i] - min_area) * u[j, 0]
+                aspect = math.exp(lo + (hi - lo) * u[j, 1])
+                bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                top = max(math.floor(u[j, 2] * (h - bh + 1)), 0)
+                left = max(math.floor(u[j, 3] * (w - bw + 1)), 0)
+                box = {(y, x) for y in range(top, min(top + bh, h)) for x in range(left, min(left + bw, w))}
+                new = len(box - cells[i])
+                if bh < h and bw < w and 1 <= new <= budget[i]:
+                    cells[i] |= box
+                    count[i] += new
+                    added[i] = True
+        growing = [growing[i] and added[i] and count[i] < target[i] for i in range(b)]
+    out = np.zeros((b, h, w), dtype=bool)
+    for i, c in enumerate(cells):
+        for y, x in c:
+            out[i, y, x] = True
+    return out
+
+
+@pytest.mark.parametrize(("grid", "seed", "whole"), [((14, 14), 0, False), ((5, 7), 1, False), ((4, 4), 2, False),
+                                                     ((9, 6), 3, False), ((14, 14), 4, True), ((6, 6), 5, True)])
+def test_block_growth_equals_the_loop_reference(grid, seed, whole):
+    from mimlab.masking.blockwise import grow_blocks
+
+    n = grid[0] * grid[1]
+    gen = np.random.default_rng(100 + seed)
+    target = gen.uniform(0.1, 0.95, 24) * n * (gen.random(24) < 0.75)  # a quarter of the images unmasked (T = 0)
+    if whole:  # whole-cell targets (e.g. 0.5 x 196 = 98): a block may fill the budget exactly
+        target = np.floor(target)
+    got = grow_blocks(target, grid, np.random.default_rng(seed))
+    want = _beit_reference(target.tolist(), grid, np.random.default_rng(seed))
+    assert np.array_equal(got, want)
+    assert not got[target == 0].any() and got[target > 0].any()
+
+
+def test_block_target_is_ratio_times_patches_and_zero_for_unmasked_images():
+    from mimlab.masking.base import MaskContext
+    from mimlab.masking.blockwise import _target_area
+
+    masking = build_masking({"strategy": "block", "prob": 0.5, "ratio": [0.2, 0.4]}, num_global_crops=1, depth=DEPTH)
+    strategy = masking.strategies[0]
+    ctx = MaskContext(batch_size=400, grid=GRID, captured=None, generator=torch.Generator().manual_seed(0))
+    target = _target_area(strategy, ctx)
+    kept = target > 0
+    assert 0.4 < kept.float().mean() < 0.6  # prob 0.5 of 400 images
+    assert (target[~kept] == 0).all()  # exactly 0, not a stray value for the unmasked ones
+    assert ((target[kept] >= 0.2 * N) & (target[kept] <= 0.4 * N)).all()
+
+
+def test_block_masks_of_different_generator_seeds_are_all_distinct():
+    # 200 generator seeds, one 14x14 image each: the numpy stream is seeded from the generator with enough range
+    # that no two of 200 seeds share a mask (a handful of distinct seeds would repeat masks)
+    masking = build_masking({"strategy": "block", "prob": 1.0, "ratio": [0.3, 0.5]}, num_global_crops=1, depth=12)
+    masks = {tuple(masking(0, 1, (14, 14), None, torch.Generator().manual_seed(s))[0].tolist()) for s in range(200)}
+    assert len(masks) == 200

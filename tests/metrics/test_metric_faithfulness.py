@@ -8,7 +8,9 @@ from metric_models import RegionModel, tiny_cnn
 
 from mimlab.errors import UserError
 from mimlab.metrics import METRICS, build_metric, check_inputs, split_metric_list
+from mimlab.metrics import faithfulness as mimlab_faithfulness
 from mimlab.metrics.faithfulness import explanation_images
+from mimlab.metrics.perturbation import blur
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -139,3 +141,133 @@ def test_split_metric_list_keeps_options_with_their_metric():
         "insertion:step=16,substrate=zero",
         "deletion",
     ]
+
+
+def _counting(model):
+    """Record the batch size of every forward of ``model``."""
+    sizes = []
+    model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_substrates_in_normalised_space_equal_their_closed_forms():
+    # closed forms: black = (0 - mean) / std per channel, zero = 0, blur = the RISE blur of x
+    _, images, _ = _batch(2, size=16)
+    black = mimlab_faithfulness.substrate_images(images, "black", MEAN, STD)
+    assert black.shape == images.shape
+    for c in range(3):
+        assert torch.allclose(black[:, c], torch.full((2, 16, 16), float(-MEAN[c] / STD[c])), atol=1e-6, rtol=0)
+    assert torch.equal(mimlab_faithfulness.substrate_images(images, "zero", MEAN, STD), torch.zeros_like(images))
+    assert torch.equal(mimlab_faithfulness.substrate_images(images, "blur", MEAN, STD), blur(images))
+
+
+def test_explanation_image_in_float64_uses_float64_statistics_and_keeps_the_dtype():
+    # closed form: an all-zero map gives the black image -(mean / std), computed here in float64
+    _, images, _ = _batch(1, size=8)
+    e = explanation_images(images.double(), torch.zeros(1, 8, 8, dtype=torch.float64), MEAN, STD)
+    want = (-MEAN.double() / STD.double()).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    assert e.dtype == torch.float64
+    torch.testing.assert_close(e, want, atol=1e-12, rtol=0)
+    assert explanation_images(images, torch.zeros(1, 8, 8, dtype=torch.float64), MEAN, STD).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["insertion", "deletion"])
+def test_curve_options_class_score_substrate_change_the_curve_ends(name):
+    # independent: the model's own scores of the curve's two end images, for the class and score asked for
+    model = tiny_cnn(seed=3)
+    _, images, maps = _batch(2, size=16)
+    targets = torch.tensor([3, 1])
+    spec = f"{name}:class=gt,score=logit,substrate=black,step=64"
+    curve = build_metric(spec).curves(model, images, maps, targets, MEAN, STD)
+    black = (-MEAN / STD).view(1, 3, 1, 1).expand_as(images)
+    first, last = (black, images) if name == "insertion" else (images, black)
+    with torch.no_grad():
+        want0 = model(first).gather(1, targets[:, None])[:, 0]
+        want1 = model(last).gather(1, targets[:, None])[:, 0]
+    assert curve.shape == (2, 16 * 16 // 64 + 1)
+    torch.testing.assert_close(curve[:, 0], want0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(curve[:, -1], want1, atol=1e-5, rtol=0)
+    auc = build_metric(spec)(model, images, maps, targets, MEAN, STD)
+    torch.testing.assert_close(auc, (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1))
+
+
+def test_insertion_default_first_state_is_the_blurred_image_of_the_predicted_class():
+    model = tiny_cnn(seed=3)
+    _, images, maps = _batch(2, size=16)
+    curve = build_metric("insertion").curves(model, images, maps, None, MEAN, STD)
+    with torch.no_grad():  # independent: softmax of the predicted class on blur(x)
+        pred = model(images).argmax(1)
+        want = model(blur(images)).softmax(1).gather(1, pred[:, None])[:, 0]
+    torch.testing.assert_close(curve[:, 0], want, atol=1e-6, rtol=0)
+
+
+def test_default_step_is_the_image_width_on_non_square_images():
+    model = tiny_cnn()
+    images = torch.randn(1, 3, 8, 24, generator=torch.Generator().manual_seed(0))
+    curve = build_metric("deletion").curves(model, images, torch.rand(1, 8, 24), None, MEAN, STD)
+    assert curve.shape == (1, 8 * 24 // 24 + 1)
+
+
+def test_batch_option_bounds_the_states_per_forward():
+    model = tiny_cnn()
+    sizes = _counting(model)
+    _, images, maps = _batch(2, size=16)
+    build_metric("deletion:batch=5")(model, images, maps, None, MEAN, STD)
+    assert max(sizes[1:]) == 5  # sizes[0]: the prediction forward of the 2 images
+    sizes.clear()
+    _, images, maps = _batch(2, size=32)
+    build_metric("deletion")(model, images, maps, None, MEAN, STD)  # default 64 states per forward
+    assert sizes[1:] == [64, 2]  # 2 images x 33 states (step 32 on 32x32) = 66 states
+
+
+@pytest.mark.parametrize(("spec", "ok"), [("deletion:step=1", True), ("deletion:batch=1", True),
+                                          ("deletion:step=0", False), ("deletion:batch=0", False)])
+def test_step_and_batch_of_one_are_valid_and_zero_is_one_error_line(spec, ok):
+    if ok:
+        assert build_metric(spec) is not None
+        return
+    with pytest.raises(UserError) as err:
+        build_metric(spec)
+    assert str(err.value) == f"metric '{spec}': step and batch must be positive integers"
+
+
+@pytest.mark.parametrize("name", ["ad", "deletion:class=gt"])
+def test_gt_class_without_labels_names_the_metric(name):
+    _, images, maps = _batch(1, size=16)
+    with pytest.raises(UserError) as err:
+        build_metric(name)(tiny_cnn(), images, maps, None, MEAN, STD)
+    assert str(err.value) == (f"metric '{name}' scores the ground-truth class but the images have "
+                              "no labels (use class=predicted or data with labels)")
+
+
+def test_a_shared_cache_reuses_forwards_and_keeps_options_apart():
+    # AD and AI share (Y, O): two forwards (x and E) for both; a different space is a different entry
+    model = tiny_cnn(seed=2)
+    _, images, maps = _batch(3, size=16)
+    labels = torch.tensor([0, 1, 2])
+    plain = {n: build_metric(n)(model, images, maps, labels, MEAN, STD) for n in ("ad", "ai", "ad:space=normalized")}
+    sizes = _counting(model)
+    cache: dict = {}
+    got = {n: build_metric(n)(model, images, maps, labels, MEAN, STD, cache=cache)
+           for n in ("ad", "ai", "ad:space=normalized")}
+    assert len(sizes) == 4  # x and E for pixel space (AD, then AI from the cache), E again for normalized: x, E, x, E'
+    for n in plain:
+        torch.testing.assert_close(got[n], plain[n])
+    assert not torch.equal(got["ad"], got["ad:space=normalized"])
+
+
+def test_a_shared_cache_predicts_the_classes_once_for_every_metric():
+    model = tiny_cnn(seed=2)
+    _, images, maps = _batch(2, size=16)
+    cache: dict = {}
+    sizes = _counting(model)
+    build_metric("ad:class=predicted")(model, images, maps, None, MEAN, STD, cache=cache)
+    assert len(sizes) == 3  # argmax f(x), then Y = f(x) and O = f(E)
+    build_metric("deletion")(model, images, maps, None, MEAN, STD, cache=cache)
+    build_metric("insertion")(model, images, maps, None, MEAN, STD, cache=cache)
+    assert len(sizes) == 3 + 1 + 1  # one forward of the 2 x 17 states each, no new prediction
+
+
+def test_curves_need_labels_only_for_the_gt_class():
+    assert not build_metric("insertion").requires_label() and not build_metric("deletion").requires_label()
+    assert build_metric("insertion:class=gt").requires_label() and build_metric("deletion:class=gt").requires_label()

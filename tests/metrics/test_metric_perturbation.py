@@ -125,3 +125,48 @@ def test_step_that_does_not_divide_the_image_ends_with_every_pixel_replaced():
     assert float(curve[0, -1]) == pytest.approx(0.5, abs=1e-6)  # all-zero image -> logits equal
     seq = perturbation_curves_sequential(model, x, torch.zeros_like(x), maps, torch.tensor([0]), step=100)
     assert (curve - seq).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(("size", "sigma"), [(1, 5.0), (2, 5.0), (5, 1.0), (11, 2.0)])
+def test_blur_kernel_matches_scipy_for_other_sizes_and_sigmas(size, sigma):
+    # independent: SciPy's gaussian_filter of a centred delta; sizes 1 and 2 fold every tap back by reflection
+    import scipy.ndimage as scipy_ndimage
+
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1.0
+    expected = scipy_ndimage.gaussian_filter(delta, sigma=sigma)
+    np.testing.assert_allclose(rise_blur_kernel(size, sigma).numpy(), expected, atol=1e-15)
+
+
+def test_blur_with_a_given_kernel_equals_a_loop_convolution():
+    # independent: explicit zero-padded correlation loop with a hand-made asymmetric 3x3 kernel, per channel
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+    x = torch.randn(1, 2, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    want = np.zeros((1, 2, 5, 6))
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for c in range(2):
+        for i in range(5):
+            for j in range(6):
+                want[0, c, i, j] = (xp[0, c, i:i + 3, j:j + 3] * kernel.numpy()).sum()
+    np.testing.assert_allclose(blur(x, kernel).numpy(), want, atol=1e-12)
+
+
+def test_pixel_order_ties_stay_in_index_order_beyond_16_pixels():
+    # hand-made: 64 equal pixels then one salient pixel; the stable rule keeps the other 63 in index order
+    maps = torch.zeros(2, 8, 8)
+    maps[1, 5, 2] = 1.0
+    assert pixel_order(maps).tolist() == [list(range(64)), [42] + [j for j in range(64) if j != 42]]
+
+
+def test_logit_score_curve_starts_at_the_clean_logit_and_ends_at_the_substrate_logit():
+    # independent: the model's raw logit of the class on x and on the all-zero substrate
+    model = tiny_cnn()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    classes = torch.tensor([1, 4])
+    curve = perturbation_curves(model, x, torch.zeros_like(x), torch.rand(2, 32, 32), classes, step=128,
+                                score="logit")
+    with torch.no_grad():
+        clean = model(x).gather(1, classes[:, None])[:, 0]
+        zero = model(torch.zeros_like(x)).gather(1, classes[:, None])[:, 0]
+    torch.testing.assert_close(curve[:, 0], clean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(curve[:, -1], zero, atol=1e-6, rtol=0)

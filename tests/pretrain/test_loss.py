@@ -115,3 +115,59 @@ def test_collapse_diagnostics_separate_uniform_one_hot_and_healthy_targets():
     spread[torch.arange(G * B), torch.arange(G * B) % B] = 100.0
     h, kl = diagnostics(spread)
     assert h < 1e-6 and math.isclose(kl, math.log(B), rel_tol=1e-5)
+
+
+def test_default_weights_and_momentum_are_the_ibot_values():
+    # independent: iBOT's published defaults (λ1 = λ2 = 1, centre momentum 0.9), passed explicitly
+    G, B = 2, 3
+    s_cls, s_patch, t_cls, t_patch, masks = _inputs()
+    default, explicit = IBOTLoss(7, G), IBOTLoss(7, G, 0.1, 1.0, 1.0, 0.9)
+    out = default(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+    assert math.isclose(float(out["loss"]), float(out["loss_cls"] + out["loss_patch"]), rel_tol=1e-6)
+    want = explicit(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+    torch.testing.assert_close(out["loss"], want["loss"])
+    default.update_center(t_cls, t_patch)
+    explicit.update_center(t_cls, t_patch)
+    torch.testing.assert_close(default.center, explicit.center)
+    torch.testing.assert_close(default.center2, explicit.center2)
+
+
+def test_centre_buffers_have_the_checkpointed_shapes():
+    # the checkpoint stores center [1, K] and center2 [1, 1, K] (iBOT's layout; a resumed run loads them as is)
+    state = IBOTLoss(7, 2).state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {"center": (1, 7), "center2": (1, 1, 7)}
+
+
+def test_one_global_and_one_local_crop_give_the_single_pair_cross_entropy():
+    # G = 1, V = 2: exactly one (teacher global, student local) pair, so loss_cls is that pair's CE (loop reference)
+    G, B = 1, 3
+    s_cls, s_patch, t_cls, t_patch, masks = _inputs(G=1, L=1, B=B)
+    loss = IBOTLoss(7, G)
+    out = loss(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+    l_cls, l_patch = _reference(s_cls, s_patch, t_cls, t_patch, masks, 0.05, 0.06, loss.center, loss.center2, G, B)
+    assert math.isclose(float(out["loss_cls"]), l_cls, rel_tol=1e-5)
+    assert math.isclose(float(out["loss_patch"]), l_patch, rel_tol=1e-5)
+
+
+def test_teacher_patch_given_as_masked_rows_gives_the_same_loss():
+    # the [M, K] form (teacher logits of the masked tokens only, masks.nonzero() order) = the [G*B, Np, K] form
+    G = 2
+    s_cls, s_patch, t_cls, t_patch, masks = _inputs()
+    loss = IBOTLoss(7, G)
+    loss.center2.normal_()
+    full = loss(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+    rows = loss(s_cls, s_patch[masks], t_cls, t_patch[masks], masks, 0.05, 0.06)
+    torch.testing.assert_close(rows["loss_patch"], full["loss_patch"])
+
+
+def test_forward_and_centre_update_emit_no_warning():
+    # a training step logs nothing of its own: e.g. no implicit-dimension softmax warning
+    import warnings
+
+    G = 2
+    s_cls, s_patch, t_cls, t_patch, masks = _inputs()
+    loss = IBOTLoss(7, G)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(s_cls, s_patch[masks], t_cls, t_patch, masks, 0.05, 0.06)
+        loss.update_center(t_cls, t_patch)

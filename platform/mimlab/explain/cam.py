@@ -31,15 +31,9 @@ def default_target_layer(model: nn.Module, kind: str) -> str:
     """Module path of the default CAM layer: ViT ``blocks.<last>.norm1``; CNN the last conv stage."""
     if kind == "vit":
         return f"blocks.{len(model.blocks) - 1}.norm1"
-    info = getattr(model, "feature_info", None)
-    if info:
-        last = info[-1] if isinstance(info, list) else None
-        if isinstance(last, dict) and last.get("module"):
-            return str(last["module"])
-        try:
-            return str(info.module_name()[-1])
-        except Exception:  # noqa: BLE001 - fall through to the generic search
-            pass
+    info = getattr(model, "feature_info", None)  # timm classifiers: a list of dicts, the last stage last
+    if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("module"):
+        return str(info[-1]["module"])
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise UserError("model has no Conv2d layer: pass the CAM layer explicitly with target-layer=<module path>")
@@ -75,15 +69,14 @@ class CamExplainer(Explainer):
     def configure(self) -> None:
         path = self.spec.params.get("target-layer") or default_target_layer(self.model, self.loaded.kind)
         names = dict(self.model.named_modules())
-        if path not in names or path == "":
+        if path not in names:
             raise UserError(
                 f"method '{self.text}': target-layer '{path}' is not a module of the model"
                 f"{did_you_mean(path, [n for n in names if n])}"
             )
         self.layer_path = path
         self.layer = names[path]
-        self.reshape = _TokenGrid(int(getattr(self.model, "num_prefix_tokens", 1))) if self.loaded.kind == "vit" \
-            else None
+        self.reshape = _TokenGrid(int(self.model.num_prefix_tokens)) if self.loaded.kind == "vit" else None
 
     def explain(self, images: Tensor, targets: Tensor | None) -> Tensor:
         import pytorch_grad_cam

@@ -35,10 +35,8 @@ def spec_layer(spec: MethodSpec, depth: int, key: str = "layer") -> int:
 
 def captured_tensor(ctx: MaskContext, store: str, layer: int) -> Tensor:
     """``ctx.captured.<store>[layer]`` checked against the batch size and the patch grid (``[B,H,T,T|D]``)."""
-    if ctx.captured is None:
-        raise ValueError(f"this masking strategy needs the teacher's captured {store}, but captured is None")
     t = getattr(ctx.captured, store)[layer]
-    prefix = int(getattr(ctx.captured, "num_prefix_tokens", 1))
+    prefix = num_prefix(ctx)
     if t.shape[0] != ctx.batch_size:
         raise ValueError(f"captured {store}[{layer}] has {t.shape[0]} images, expected batch_size={ctx.batch_size}")
     if t.shape[2] - prefix != ctx.num_patches:
@@ -50,7 +48,8 @@ def captured_tensor(ctx: MaskContext, store: str, layer: int) -> Tensor:
 
 
 def num_prefix(ctx: MaskContext) -> int:
-    return int(getattr(ctx.captured, "num_prefix_tokens", 1))
+    """Prefix (cls, distillation, register) tokens of the capture; every capture (AttentionCapture) carries it."""
+    return int(ctx.captured.num_prefix_tokens)
 
 
 class AttentionGuidedMask(MaskingStrategy):
