@@ -107,6 +107,7 @@ def test_one_seed_rows_get_binomial_intervals_over_the_val_count_and_the_untrain
     text = table.to_text().splitlines()
     assert text[2].startswith("untrained") and text[3].startswith("block")   # header, rule, untrained first
     assert "60.00 [55.20, 64.80]" in table.to_markdown()
+    assert "one seed: its intervals hold the evaluation's sampling noise only" in table.legend()
 
 
 def test_several_seeds_get_t_intervals_overlap_marks_not_separable_and_the_paired_difference_can_still_hold(
@@ -133,6 +134,7 @@ def test_several_seeds_get_t_intervals_overlap_marks_not_separable_and_the_paire
     assert table.untrained.intervals["knn_top1"] == pytest.approx((35.42763, 48.57237), abs=1e-4)
     assert "57.67 ± 2.52 [51.42, 63.92] ~" in table.to_text()
     assert "+4.67 [+0.87, +8.46] higher" in table.to_markdown()
+    assert "sampling noise only" not in table.legend()         # three seeds: the t-interval holds training's spread
 
 
 def test_two_seeds_use_the_t_quantile_with_one_degree_of_freedom(exp_dir, mlflow_uri):

@@ -285,6 +285,9 @@ class SweepTable:
         if self._has_paired():
             lines.append(f"Δ = row − '{self.block_label}' matched on seed [95 % t-interval over seeds; one seed: "
                          "two independent binomials]; higher/lower = the interval excludes 0, no = it does not")
+        if any(0 < n < 2 for row in self.rows for (_mean, _std, n) in row.stats.values()):
+            lines.append("one seed: its intervals hold the evaluation's sampling noise only, not the run-to-run spread "
+                         "of training; to rank strategies, run seeds (--seeds 3)")
         return "\n".join(lines)
 
     def to_text(self) -> str:
