@@ -111,16 +111,29 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
     image.write_bytes(png_bytes(0))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)
-    sweep = tmp_path / "offline-sweep.yaml"
+    sweep_dir = tmp_path / "sweep"  # its own folder: its own ./mlflow.db, apart from the pretrain run's
+    sweep_dir.mkdir()
+    sweep = sweep_dir / "offline-sweep.yaml"
     sweep.write_text(ONE_POINT_SWEEP)
-    shutil.copy(ROOT / "tests" / "tune" / "experiments" / "profiles.yaml", tmp_path / "profiles.yaml")
-    pre = _run(["pretrain", recipe, "--workers", "0", "--storage-path", tmp_path / "runs", "--data", data], env,
-               tmp_path)
-    ckpt = pre.stdout.split("checkpoint: ", 1)[1].split()[0]
-    _run(["explain", image, "-m", ckpt, "--method", "raw", "--out", tmp_path / "ex"], env, tmp_path)
-    assert (tmp_path / "ex" / "grid.png").is_file()
-    _run(["tune", sweep, "--data", data, "--seeds", "1", "--storage-path", tmp_path / "tune"], env, tmp_path,
-         timeout=400)
+    shutil.copy(ROOT / "tests" / "tune" / "experiments" / "profiles.yaml", sweep_dir / "profiles.yaml")
+    # the sweep runs beside pretrain + explain (each command starts its own Ray; most of their time is start-up)
+    with open(tmp_path / "tune.out", "w") as out, open(tmp_path / "tune.err", "w") as err:
+        tune = subprocess.Popen([sys.executable, "-m", "mimlab", "tune", str(sweep), "--data", str(data), "--seeds",
+                                 "1", "--storage-path", str(tmp_path / "tune")], env=env, cwd=sweep_dir,
+                                stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
+        try:
+            pre = _run(["pretrain", recipe, "--workers", "0", "--storage-path", tmp_path / "runs", "--data", data],
+                       env, tmp_path)
+            ckpt = pre.stdout.split("checkpoint: ", 1)[1].split()[0]
+            _run(["explain", image, "-m", ckpt, "--method", "raw", "--out", tmp_path / "ex"], env, tmp_path)
+            assert (tmp_path / "ex" / "grid.png").is_file()
+            code = tune.wait(timeout=400)
+        finally:
+            if tune.poll() is None:
+                tune.kill()
+                tune.wait()
+    assert code == 0, (tmp_path / "tune.out").read_text()[-2000:] + (tmp_path / "tune.err").read_text()[-4000:]
+    assert "[1/1]" in (tmp_path / "tune.out").read_text()     # the sweep's one trial finished
     # Every command succeeded with the network refused, and none even tried: not Ray's cloud-metadata probe of
     # 169.254.169.254 either (mimlab.runtime.ray_env starts the dashboard without it).
     attempts = log.read_text().splitlines() if log.exists() else []
