@@ -111,7 +111,7 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
     image.write_bytes(png_bytes(0))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)
-    sweep_dir = tmp_path / "sweep"  # its own folder: its own ./mlflow.db, apart from the pretrain run's
+    sweep_dir = tmp_path / "sweep"  # its own folder and MLflow store: two processes migrating one SQLite file race
     sweep_dir.mkdir()
     sweep = sweep_dir / "offline-sweep.yaml"
     sweep.write_text(ONE_POINT_SWEEP)
@@ -119,11 +119,12 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
     # the sweep runs beside pretrain + explain (each command starts its own Ray; most of their time is start-up)
     with open(tmp_path / "tune.out", "w") as out, open(tmp_path / "tune.err", "w") as err:
         tune = subprocess.Popen([sys.executable, "-m", "mimlab", "tune", str(sweep), "--data", str(data), "--seeds",
-                                 "1", "--storage-path", str(tmp_path / "tune")], env=env, cwd=sweep_dir,
+                                 "1", "--storage-path", str(tmp_path / "tune"),
+                                 "--tracking-uri", f"sqlite:///{sweep_dir / 'mlflow.db'}"], env=env, cwd=sweep_dir,
                                 stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
         try:
-            pre = _run(["pretrain", recipe, "--workers", "0", "--storage-path", tmp_path / "runs", "--data", data],
-                       env, tmp_path)
+            pre = _run(["pretrain", recipe, "--workers", "0", "--storage-path", tmp_path / "runs", "--data", data,
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env, tmp_path)
             ckpt = pre.stdout.split("checkpoint: ", 1)[1].split()[0]
             _run(["explain", image, "-m", ckpt, "--method", "raw", "--out", tmp_path / "ex"], env, tmp_path)
             assert (tmp_path / "ex" / "grid.png").is_file()
