@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
         tune = subprocess.Popen([sys.executable, "-m", "mimlab", "tune", str(sweep), "--data", str(data), "--seeds",
                                  "1", "--storage-path", str(tmp_path / "tune"),
                                  "--tracking-uri", f"sqlite:///{sweep_dir / 'mlflow.db'}"], env=env, cwd=sweep_dir,
-                                stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             pre = _run(["pretrain", recipe, "--workers", "0", "--storage-path", tmp_path / "runs", "--data", data,
                         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env, tmp_path)
@@ -130,8 +131,8 @@ def test_explain_pretrain_and_tune_run_without_network(offline_env, tmp_path):
             assert (tmp_path / "ex" / "grid.png").is_file()
             code = tune.wait(timeout=400)
         finally:
-            if tune.poll() is None:
-                tune.kill()
+            if tune.poll() is None:  # a failure above: stop the sweep with its Ray and MLflow server children
+                os.killpg(tune.pid, signal.SIGKILL)
                 tune.wait()
     assert code == 0, (tmp_path / "tune.out").read_text()[-2000:] + (tmp_path / "tune.err").read_text()[-4000:]
     assert "[1/1]" in (tmp_path / "tune.out").read_text()     # the sweep's one trial finished
