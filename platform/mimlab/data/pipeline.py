@@ -14,6 +14,7 @@ import logging
 import os
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -213,15 +214,18 @@ def _call_once(batch: dict[str, np.ndarray], *, cls, kwargs: dict) -> dict[str, 
     return cls(**kwargs)(batch)
 
 
-def decode_kept(batch: dict[str, np.ndarray], tag: str, announce: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
-    """Decode a batch's ``image`` bytes to RGB arrays, dropping the undecodable ones and counting them under ``tag``
-    (:func:`count_skips`). Returns the images and the row indices they came from (``int64 [K]``)."""
+def decode_kept(batch: dict[str, np.ndarray], tag: str, announce: bool = True, *,
+                decode: Callable[[bytes], Any] = decode_rgb,
+                refused: tuple[type[BaseException], ...] = (CorruptImage,)) -> tuple[list[Any], np.ndarray]:
+    """Decode a batch's ``image`` bytes (``decode``, default: to RGB arrays), dropping the ones that raise one of
+    ``refused`` and counting them under ``tag`` (:func:`count_skips`). Returns the decoded images and the row
+    indices they came from (``int64 [K]``)."""
     images, keep, bad = [], [], []
     for i, data in enumerate(batch["image"]):
         try:
-            images.append(decode_rgb(data))
+            images.append(decode(data))
             keep.append(i)
-        except CorruptImage:
+        except refused:
             bad.append(str(batch["path"][i]))
     if bad:
         count_skips(tag, bad, announce=announce)
@@ -254,16 +258,9 @@ class _MultiCropBatch(_DecodeBatch):
         self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, keep, bad = [], [], []
-        for i, data in enumerate(batch["image"]):
-            try:
-                images.append(decode_for_crops(data, self.cfg))
-                keep.append(i)
-            except REFUSED:  # truncated, bit-flipped, wrong header, decompression bomb (CorruptImage is a ValueError)
-                bad.append(str(batch["path"][i]))
-        if bad:
-            count_skips(self.tag, bad)
-        keep_idx = np.asarray(keep, dtype=np.int64)
+        # PIL images at the draft scale; REFUSED: truncated, bit-flipped, wrong header, decompression bomb
+        images, keep_idx = decode_kept(batch, self.tag, decode=lambda data: decode_for_crops(data, self.cfg),
+                                       refused=REFUSED)
         if self.seed is None:
             rngs: Any = self.rng
         else:
