@@ -13,6 +13,8 @@ Step rate (``--step-rate [--baseline-rev e444b57] [--rounds R] [--steps S] [--st
 training step beside the baseline commit's, at the issue-19 dimensions (12 blocks, width 64, 4 heads, patch 4,
 2x32 + 4x16 px, batch 64, head 2048 -> 256 -> 1024, fp32, CPU), each in a child process importing its own tree
 (the baseline from a temporary git worktree), alternating S steps per round; medians, quartiles and the ratio.
+``--step-profile [--strategy SPEC] [--threads T]``: where that step's time goes (torch.profiler: the engine's
+``ibot.*`` phases and the top operators with their shapes).
 """
 
 from __future__ import annotations
@@ -261,6 +263,49 @@ def step_worker(strategy: str, threads: int | None) -> int:
     return 0
 
 
+def step_profile(strategy: str, threads: int | None, steps: int = 3, top: int = 12) -> None:
+    """Where one step's time goes at the issue dimensions: ``torch.profiler`` over ``steps`` steps (after two
+    untimed ones) of this tree; prints the step's phases (the engine's ``ibot.*`` regions, CPU time each, share of
+    the step) and the ``top`` operators by self CPU time with their input shapes."""
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from mimlab.config.pretrain import load_pretrain_config
+    from mimlab.pretrain.build import build_parts
+    from mimlab.pretrain.engine import Crops, train_step
+    from mimlab.pretrain.schedules import Schedules
+
+    if threads:
+        torch.set_num_threads(threads)
+    tree = copy.deepcopy(STEP_RATE_TREE)
+    tree["masking"] = {"strategy": strategy}
+    cfg = load_pretrain_config(tree, [])
+    parts = build_parts(cfg)
+    sched = Schedules.from_config(cfg, 100, 1)
+    g = torch.Generator().manual_seed(0)
+    crops = Crops(torch.randn(128, 3, 32, 32, generator=g), torch.randn(256, 3, 16, 16, generator=g), 64)
+    for i in range(2):
+        train_step(parts, crops, 1, sched.at(1, i))
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for i in range(steps):
+            train_step(parts, crops, 1, sched.at(1, 2 + i))
+    step_s = (time.perf_counter() - start) / steps
+    print(f"\n== where a step's time goes ({strategy}; issue dimensions, fp32, CPU, {torch.get_num_threads()} "
+          f"threads): {step_s:.3f} s a step under the profiler, {steps} steps ==")
+    events = prof.key_averages()
+    for e in sorted((e for e in events if e.key.startswith("ibot.")), key=lambda e: -e.cpu_time_total):
+        ms = e.cpu_time_total / 1e3 / steps
+        print(f"  {e.key:26s} {ms:8.1f} ms a step  {100 * ms / 1e3 / step_s:5.1f} % of the step")
+    print(f"  top {top} operators by self CPU time (a step):")
+    shaped = prof.key_averages(group_by_input_shape=True)
+    for e in sorted(shaped, key=lambda e: -e.self_cpu_time_total)[:top]:
+        ms = e.self_cpu_time_total / 1e3 / steps
+        shapes = str([list(x) for x in e.input_shapes if x])[:70]
+        print(f"  {e.key[:40]:40s} {ms:8.1f} ms  {100 * ms / 1e3 / step_s:5.1f} %  x{e.count // steps:<4d} {shapes}")
+
+
 def step_rate(baseline_rev: str, rounds: int, steps: int, strategy: str, threads: int | None = None) -> None:
     """This tree's step beside ``baseline_rev``'s, each in its own process (a git worktree of the baseline made
     here and removed after), alternating ``steps`` timed steps per round so machine load hits both alike."""
@@ -369,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the step rate of this tree beside --baseline-rev at the issue dimensions")
     parser.add_argument("--baseline-rev", default="e444b57")
     parser.add_argument("--strategy", default="attmask-raw:layer=12", help="masking strategy of --step-rate")
+    parser.add_argument("--step-profile", action="store_true",
+                        help="only a torch.profiler breakdown of this tree's step at the issue dimensions")
     parser.add_argument("--step-worker", metavar="STRATEGY", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of each --step-rate process")
     parser.add_argument("--gpu-attention", action="store_true",
@@ -376,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step_worker:
         return step_worker(args.step_worker, args.threads)
+    if args.step_profile:
+        step_profile(args.strategy, args.threads)
+        return 0
     if args.step_rate:
         step_rate(args.baseline_rev, args.rounds, args.steps, args.strategy, args.threads)
         return 0

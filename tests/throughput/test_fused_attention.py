@@ -148,3 +148,24 @@ def test_teacher_logits_only_where_read_give_the_full_loss_and_centre(name):
     lean.loss.update_center(t_lean["cls"], t_lean["patch_mean"])
     torch.testing.assert_close(lean.loss.center2, full.loss.center2, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(lean.loss.center, full.loss.center)
+
+
+def test_a_profiled_step_names_its_phases_and_the_two_heads():
+    """bench/pretrain.py --step-profile reads these regions: every phase of the step appears once per step, and the
+    teacher and student heads inside their phases (a renamed or lost region would silently empty its table)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mimlab.pretrain.engine import train_step
+    from mimlab.pretrain.schedules import Schedules
+
+    cfg = _cfg("attmask-raw:layer=2")
+    parts = build_parts(cfg)
+    sched = Schedules.from_config(cfg, 4, 1)
+    g = torch.Generator().manual_seed(3)
+    crops = Crops(torch.randn(12, 3, 16, 16, generator=g), torch.randn(12, 3, 8, 8, generator=g), 6)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(2):
+            train_step(parts, crops, 1, sched.at(1, i))
+    counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("ibot.")}
+    assert counts == {name: 2 for name in ("ibot.teacher_and_masks", "ibot.teacher_head", "ibot.student_forward",
+                                           "ibot.student_head", "ibot.loss", "ibot.backward", "ibot.update")}

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 
 def _trunc_normal_init(module: nn.Module) -> None:
@@ -174,7 +175,8 @@ class IBOTStudent(nn.Module):
             cls_list.append(l_tokens[:, 0])
         patch_tokens = g_tokens[:, p:]  # [G*B, Np, D]
         picked = patch_tokens.reshape(-1, patch_tokens.shape[-1]) if all_patches else patch_tokens[masks]  # [M, D]
-        cls_logits, patch_logits = self.head(torch.cat(cls_list, 0), picked)
+        with record_function("ibot.student_head"):
+            cls_logits, patch_logits = self.head(torch.cat(cls_list, 0), picked)
         return {"cls": cls_logits, "patch": patch_logits, "patch_tokens": patch_tokens}
 
 
@@ -188,7 +190,8 @@ def teacher_embed(backbone: nn.Module, head: IBOTHead, global_crops: Tensor) -> 
     p = int(getattr(backbone, "num_prefix_tokens", 1))
     tokens = backbone.forward_features(global_crops)  # [G*B, p+Np, D]
     n, np_, d = tokens.shape[0], tokens.shape[1] - p, tokens.shape[2]
-    cls_logits, z = head.embed(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
+    with record_function("ibot.teacher_head"):
+        cls_logits, z = head.embed(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
     return {"cls": cls_logits, "patch_z": z.view(n, np_, -1)}
 
 
@@ -204,5 +207,6 @@ def teacher_forward(backbone: nn.Module, head: IBOTHead, global_crops: Tensor) -
     p = int(getattr(backbone, "num_prefix_tokens", 1))
     tokens = backbone.forward_features(global_crops)  # [G*B, p+Np, D]
     n, np_, d = tokens.shape[0], tokens.shape[1] - p, tokens.shape[2]
-    cls_logits, patch_logits = head(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
+    with record_function("ibot.teacher_head"):
+        cls_logits, patch_logits = head(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
     return {"cls": cls_logits, "patch": patch_logits.view(n, np_, -1)}  # [G*B*Np, K] -> [G*B, Np, K]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.profiler import record_function
 
 from mimlab.errors import UserError
 from mimlab.models.ibot import teacher_embed, teacher_forward
@@ -139,11 +140,14 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
     set_lr_wd(parts.optimizer, values["lr"], values["wd"])
     contrastive = parts.contrastive
     teacher_all = contrastive is not None and contrastive.uses_teacher  # reads every teacher patch probability
-    t_out, masks, views = teacher_and_masks(parts, crops, all_patches=teacher_all)
-    with _autocast(parts):
+    # the record_function regions name the step's phases in a torch.profiler trace (bench/pretrain.py
+    # --step-profile); they cost nothing measurable when no profiler runs
+    with record_function("ibot.teacher_and_masks"):
+        t_out, masks, views = teacher_and_masks(parts, crops, all_patches=teacher_all)
+    with _autocast(parts), record_function("ibot.student_forward"):
         all_patches = contrastive is not None and contrastive.source == "student_head" and not contrastive.uses_teacher
         s_out = parts.student(crops.global_crops, crops.local_crops, masks, all_patches=all_patches)
-    with torch.autocast(device_type=parts.device.type, enabled=False):  # losses in fp32
+    with torch.autocast(device_type=parts.device.type, enabled=False), record_function("ibot.loss"):  # fp32
         losses = parts.loss(s_out["cls"], s_out["patch"], t_out["cls"], t_out["patch"], masks,
                             values["teacher_temp"], values["teacher_patch_temp"])
         total = losses["loss"]
@@ -156,21 +160,23 @@ def train_step(parts: IBOTParts, crops: Crops, epoch: int, values: dict[str, flo
                            f"cls={float(losses['loss_cls']):.4g}, patch={float(losses['loss_patch']):.4g}")
     opt = parts.optimizer
     opt.zero_grad(set_to_none=True)
-    if parts.scaler is not None:
-        parts.scaler.scale(total).backward()
-        parts.scaler.unscale_(opt)
-    else:
-        total.backward()
-    clip_per_parameter(parts.trainable, cfg.optim.clip_grad)
-    if epoch < cfg.optim.freeze_last_layer:
-        cancel_gradients(parts.last_layer)
-    if parts.scaler is not None:
-        parts.scaler.step(opt)
-        parts.scaler.update()
-    else:
-        opt.step()
-    parts.ema.update(values["momentum"])
-    parts.loss.update_center(t_out["cls"], t_out.get("patch_mean", t_out["patch"]))
+    with record_function("ibot.backward"):
+        if parts.scaler is not None:
+            parts.scaler.scale(total).backward()
+            parts.scaler.unscale_(opt)
+        else:
+            total.backward()
+    with record_function("ibot.update"):  # clip, optimiser step, EMA teacher, centres
+        clip_per_parameter(parts.trainable, cfg.optim.clip_grad)
+        if epoch < cfg.optim.freeze_last_layer:
+            cancel_gradients(parts.last_layer)
+        if parts.scaler is not None:
+            parts.scaler.step(opt)
+            parts.scaler.update()
+        else:
+            opt.step()
+        parts.ema.update(values["momentum"])
+        parts.loss.update_center(t_out["cls"], t_out.get("patch_mean", t_out["patch"]))
     out = {k: v.detach() for k, v in losses.items()}
     out["loss"] = total.detach()
     out["masked_fraction"] = masks.float().mean()
