@@ -88,6 +88,30 @@ def _quiet_ray_data() -> None:
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
 
 
+def _prompt_ray_data() -> None:
+    """Two scheduling latencies of Ray Data 2.60's streaming executor that every epoch stream paid, shortened in
+    this process (where its datasets execute); a Ray whose values differ from these defaults is left alone.
+
+    * ``ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S`` (1 s): a new execution's first look at its resource
+      limits finds the autoscaling coordinator's reservation not back yet (an asynchronous call), so it sees 0 CPUs
+      and keeps that for 1 s, running ONE task meanwhile. Every epoch of a run is a new execution. Now 0.1 s.
+    * ``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (0.1 s): the scheduling loop waits for *all* running tasks or this
+      timeout, so a finished crop task's CPU idled up to 0.1 s before the next task was sent. Now 0.02 s.
+
+    Measured with ``bench/data_pipeline.py`` (CIFAR-10, 2 workers): Ray Data 2,820 -> 3,350 img/s, against 3,880
+    for a DataLoader given the same batched crop call.
+    """
+    try:
+        from ray.data._internal.execution import streaming_executor_state
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:  # a Ray without these internals: nothing to shorten
+        return
+    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None) == 1:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 0.1
+    if getattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", None) == 0.1:
+        streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = 0.02
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Initialise Ray once per process; a no-op when already initialised (e.g. inside a Tune trial).
 
@@ -102,6 +126,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     apply_default_env()
     check_ray_address(address)  # the argument, else $RAY_ADDRESS (named in the error)
     _quiet_ray_data()
+    _prompt_ray_data()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
