@@ -190,8 +190,8 @@ def ray_vs_plain(steps: int, batch: int, log_every: int = 2) -> None:
                           tracking_uri=uri, experiment="bench")
     after = plain_loop("plain-after")
     client = mlflow.MlflowClient(uri)
-    run = mlflow.search_runs(experiment_names=["bench"], filter_string="tags.mlflow.runName = 'bench'",
-                             output_format="list")[0]
+    exp = client.get_experiment_by_name("bench")  # this run's own store (not the process-wide tracking URI)
+    run = client.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName = 'bench'")[0]
     ray_windows = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "step/images_per_s")]
     plain_runs = [statistics.median(before[0]), statistics.median(after[0])]
     plain, plain_epoch = max(plain_runs), max(before[1], after[1])
