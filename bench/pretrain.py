@@ -227,17 +227,14 @@ STEP_RATE_TREE = {
 """12 blocks, width 64, 4 heads, patch 4, 2x32 + 4x16 px crops, batch 64, head 2048 -> 256 -> 1024, fp32, CPU."""
 
 
-def step_worker(strategy: str, threads: int | None) -> int:
-    """Child process: build the step at :data:`STEP_RATE_TREE` from whichever ``mimlab`` PYTHONPATH names, then
-    answer each ``N`` read on stdin with N timed steps, one line of ``wall_img_per_s/cpu_img_per_s`` pairs (images
-    per second of wall time, and per second of this process's CPU time: the latter barely moves when other jobs
-    share the cores, as long as the step is compute-bound and ``threads`` is 1)."""
+def _issue_step(strategy: str, threads: int | None):
+    """``(parts, crops, schedules)`` of the step at :data:`STEP_RATE_TREE` with ``strategy``, built from whichever
+    ``mimlab`` is imported (this tree, or the baseline's in a ``--step-rate`` child), fixed random crops."""
     import copy
 
-    import mimlab
     from mimlab.config.pretrain import load_pretrain_config
     from mimlab.pretrain.build import build_parts
-    from mimlab.pretrain.engine import Crops, train_step
+    from mimlab.pretrain.engine import Crops
     from mimlab.pretrain.schedules import Schedules
 
     if threads:
@@ -249,6 +246,18 @@ def step_worker(strategy: str, threads: int | None) -> int:
     sched = Schedules.from_config(cfg, 100, 1)
     g = torch.Generator().manual_seed(0)
     crops = Crops(torch.randn(128, 3, 32, 32, generator=g), torch.randn(256, 3, 16, 16, generator=g), 64)
+    return parts, crops, sched
+
+
+def step_worker(strategy: str, threads: int | None) -> int:
+    """Child process: build the step at :data:`STEP_RATE_TREE` from whichever ``mimlab`` PYTHONPATH names, then
+    answer each ``N`` read on stdin with N timed steps, one line of ``wall_img_per_s/cpu_img_per_s`` pairs (images
+    per second of wall time, and per second of this process's CPU time: the latter barely moves when other jobs
+    share the cores, as long as the step is compute-bound and ``threads`` is 1)."""
+    import mimlab
+    from mimlab.pretrain.engine import train_step
+
+    parts, crops, sched = _issue_step(strategy, threads)
     train_step(parts, crops, 1, sched.at(1, 0))  # warm-up
     print(f"ready {mimlab.__file__}", flush=True)
     i = 1
@@ -267,24 +276,11 @@ def step_profile(strategy: str, threads: int | None, steps: int = 3, top: int = 
     """Where one step's time goes at the issue dimensions: ``torch.profiler`` over ``steps`` steps (after two
     untimed ones) of this tree; prints the step's phases (the engine's ``ibot.*`` regions, CPU time each, share of
     the step) and the ``top`` operators by self CPU time with their input shapes."""
-    import copy
-
     from torch.profiler import ProfilerActivity, profile
 
-    from mimlab.config.pretrain import load_pretrain_config
-    from mimlab.pretrain.build import build_parts
-    from mimlab.pretrain.engine import Crops, train_step
-    from mimlab.pretrain.schedules import Schedules
+    from mimlab.pretrain.engine import train_step
 
-    if threads:
-        torch.set_num_threads(threads)
-    tree = copy.deepcopy(STEP_RATE_TREE)
-    tree["masking"] = {"strategy": strategy}
-    cfg = load_pretrain_config(tree, [])
-    parts = build_parts(cfg)
-    sched = Schedules.from_config(cfg, 100, 1)
-    g = torch.Generator().manual_seed(0)
-    crops = Crops(torch.randn(128, 3, 32, 32, generator=g), torch.randn(256, 3, 16, 16, generator=g), 64)
+    parts, crops, sched = _issue_step(strategy, threads)
     for i in range(2):
         train_step(parts, crops, 1, sched.at(1, i))
     start = time.perf_counter()
