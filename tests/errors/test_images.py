@@ -101,7 +101,7 @@ def test_fuzzed_images_through_data_shard_are_skipped_and_counted(tmp_path):
 
 def test_fuzzed_images_through_the_ray_data_readers_are_skipped_and_counted(tmp_path, ray_local):
     """The corpus written straight into a shard: the Ray Data decode stage (shared by the eval and multi-crop
-    readers, ``_DecodeBatch``) drops and counts each refused image."""
+    readers, ``decode_kept``) drops and counts each refused image."""
     from mimlab.data.pipeline import eval_dataset, skipped_images
     from mimlab.data.schema import records_table
     from mimlab.data.shards import write_shard

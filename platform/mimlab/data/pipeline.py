@@ -232,17 +232,7 @@ def decode_kept(batch: dict[str, np.ndarray], tag: str, announce: bool = True, *
     return images, np.asarray(keep, dtype=np.int64)
 
 
-class _DecodeBatch:
-    """Decode a batch's images, dropping (and counting) undecodable ones."""
-
-    tag: str
-    announce: bool = True
-
-    def decode(self, batch: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        return decode_kept(batch, self.tag, self.announce)
-
-
-class _MultiCropBatch(_DecodeBatch):
+class _MultiCropBatch:
     """The one crop stage: decode (JPEGs at the draft scale the crops allow) and cut every crop of the batch.
 
     Output columns: ``global_i`` / ``local_i`` ``uint8 [B,S,S,3]`` and ``label``; with ``crops.device: gpu`` also
@@ -271,12 +261,12 @@ class _MultiCropBatch(_DecodeBatch):
         return result
 
 
-class _EvalBatch(_DecodeBatch):
+class _EvalBatch:
     def __init__(self, size: int, tag: str, announce: bool = True) -> None:
         self.size, self.tag, self.announce = size, tag, announce
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, keep = self.decode(batch)
+        images, keep = decode_kept(batch, self.tag, self.announce)
         return {"image": _stack([eval_transform(img, self.size) for img in images], self.size),
                 "label": np.asarray(batch["label"], dtype=np.int64)[keep],
                 "path": np.asarray(batch["path"])[keep]}
