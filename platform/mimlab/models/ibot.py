@@ -204,9 +204,6 @@ def teacher_forward(backbone: nn.Module, head: IBOTHead, global_crops: Tensor) -
     Returns:
         ``cls`` ``[G*B, K]``, ``patch`` ``[G*B, Np, K]``.
     """
-    p = int(getattr(backbone, "num_prefix_tokens", 1))
-    tokens = backbone.forward_features(global_crops)  # [G*B, p+Np, D]
-    n, np_, d = tokens.shape[0], tokens.shape[1] - p, tokens.shape[2]
-    with record_function("ibot.teacher_head"):
-        cls_logits, patch_logits = head(tokens[:, 0], tokens[:, p:].reshape(-1, d))  # [G*B*Np, D] patches
-    return {"cls": cls_logits, "patch": patch_logits.view(n, np_, -1)}  # [G*B*Np, K] -> [G*B, Np, K]
+    out = teacher_embed(backbone, head, global_crops)
+    out["patch"] = head.patch_layer(out.pop("patch_z"))  # [G*B, Np, bottleneck] -> [G*B, Np, K]
+    return out

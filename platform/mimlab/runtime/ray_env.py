@@ -98,8 +98,8 @@ def _prompt_ray_data() -> None:
     * ``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (0.1 s): the scheduling loop waits for *all* running tasks or this
       timeout, so a finished crop task's CPU idled up to 0.1 s before the next task was sent. Now 0.02 s.
 
-    Measured with ``bench/data_pipeline.py`` (CIFAR-10, 2 workers): Ray Data 2,820 -> 3,350 img/s, against 3,880
-    for a DataLoader given the same batched crop call.
+    Measured with ``bench/data_pipeline.py`` (CIFAR-10, 2 workers): Ray Data 2,820 -> 3,250-3,370 img/s, against
+    3,920-3,980 for a DataLoader given the same batched crop call.
     """
     try:
         from ray.data._internal.execution import streaming_executor_state
